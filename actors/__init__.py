@@ -1,0 +1,5 @@
+"""Herald's Dramatiq actors. The broker is imported first, then every actor,
+so ``dramatiq actors`` starts a worker that serves them all."""
+
+from actors import broker  # noqa: F401  (must come first: it sets the broker)
+from actors import email, enrich, match, sms  # noqa: F401

@@ -1,0 +1,12 @@
+"""email(step_ids): render and deliver email steps through the configured provider."""
+
+from __future__ import annotations
+
+import dramatiq
+
+from actors.steps import run_steps
+
+
+@dramatiq.actor(queue_name="email", max_retries=5, min_backoff=500)
+async def email(step_ids: list[int]) -> None:
+    await run_steps(step_ids, "email")

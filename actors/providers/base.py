@@ -1,0 +1,30 @@
+"""What every provider receives and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    channel: str  # email | sms
+    recipient: str
+    body: str
+    idempotency_key: str
+    subject: str | None = None
+
+
+@dataclass(frozen=True)
+class ProviderResult:
+    status: str  # the messages row's final status: sent | captured
+    provider_message_id: str | None = None
+    response: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    name: str
+
+    async def send(self, message: OutboundMessage) -> ProviderResult:
+        """Deliver ``message``. Raise StepError(permanent=...) when it cannot be."""
+        ...

@@ -1,0 +1,12 @@
+"""sms(step_ids): render and deliver SMS steps through the configured provider."""
+
+from __future__ import annotations
+
+import dramatiq
+
+from actors.steps import run_steps
+
+
+@dramatiq.actor(queue_name="sms", max_retries=5, min_backoff=500)
+async def sms(step_ids: list[int]) -> None:
+    await run_steps(step_ids, "sms")

@@ -1,0 +1,148 @@
+"""The workflow model: a definition parsed and validated once, evaluated per event.
+
+Two document formats are read as written:
+
+* field-service (``trigger_type``, ``trigger_conditions``, ``steps`` whose
+  ``config.actionType`` names the action);
+* CRM rules (``trigger``, ``condition``, ``actions`` with ``type`` and ``args``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actors.actions import get_action
+from actors.conditions import Condition, parse_condition
+from actors.triggers import Trigger, parse_trigger
+from config.errors import WorkflowValidationError
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    key: str
+    action: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    """A validated workflow definition."""
+
+    name: str
+    source_id: str | None
+    trigger: Trigger
+    condition: Condition
+    steps: tuple[StepSpec, ...]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    matched: bool
+    reason: str
+
+
+def _require_str(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise WorkflowValidationError(key, "must be a non-empty string")
+    return value
+
+
+def parse_workflow(doc: Any) -> WorkflowSpec:
+    """Validate a workflow document; errors name the field at fault."""
+    if not isinstance(doc, dict):
+        raise WorkflowValidationError("(document)", "a workflow must be a JSON object")
+    name = _require_str(doc, "name")
+    source_id = doc.get("id")
+    if source_id is not None and not isinstance(source_id, str):
+        raise WorkflowValidationError("id", "must be a string")
+    if "trigger_type" in doc or "steps" in doc:
+        trigger = parse_trigger(doc.get("trigger_type"), "trigger_type")
+        condition = parse_condition(doc.get("trigger_conditions"), "trigger_conditions")
+        steps = _field_service_steps(doc.get("steps"))
+    elif "trigger" in doc or "actions" in doc:
+        trigger = parse_trigger(doc.get("trigger"), "trigger")
+        condition = parse_condition(doc.get("condition"), "condition")
+        steps = _rule_actions(doc.get("actions"))
+    else:
+        raise WorkflowValidationError(
+            "trigger_type", "missing: a workflow needs trigger_type and steps (or trigger and actions)"
+        )
+    return WorkflowSpec(name, source_id, trigger, condition, steps)
+
+
+def _field_service_steps(raw: Any) -> tuple[StepSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise WorkflowValidationError("steps", "must be a non-empty list")
+    steps = []
+    for i, step in enumerate(raw):
+        field = f"steps[{i}]"
+        if not isinstance(step, dict):
+            raise WorkflowValidationError(field, "must be an object")
+        if step.get("type", "action") != "action":
+            raise WorkflowValidationError(f"{field}.type", f"unknown step type {step.get('type')!r}")
+        config = step.get("config")
+        if not isinstance(config, dict):
+            raise WorkflowValidationError(f"{field}.config", "must be an object")
+        action = get_action(config.get("actionType"), f"{field}.config.actionType")
+        action.validate(config, f"{field}.config")
+        key = step.get("id") or f"step-{i + 1}"
+        steps.append(StepSpec(str(key), action.name, config))
+    _check_unique_keys(steps, "steps")
+    return tuple(steps)
+
+
+def _rule_actions(raw: Any) -> tuple[StepSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise WorkflowValidationError("actions", "must be a non-empty list")
+    steps = []
+    for i, item in enumerate(raw):
+        field = f"actions[{i}]"
+        if not isinstance(item, dict):
+            raise WorkflowValidationError(field, "must be an object")
+        action = get_action(item.get("type"), f"{field}.type")
+        args = item.get("args", {})
+        if not isinstance(args, dict):
+            raise WorkflowValidationError(f"{field}.args", "must be an object")
+        action.validate(args, f"{field}.args")
+        steps.append(StepSpec(str(item.get("id") or f"action-{i + 1}"), action.name, args))
+    _check_unique_keys(steps, "actions")
+    return tuple(steps)
+
+
+def _check_unique_keys(steps: list[StepSpec], field: str) -> None:
+    seen: set[str] = set()
+    for i, step in enumerate(steps):
+        if step.key in seen:
+            raise WorkflowValidationError(f"{field}[{i}].id", f"duplicate step id {step.key!r}")
+        seen.add(step.key)
+
+
+def event_context(event: dict[str, Any]) -> dict[str, Any]:
+    """What conditions see: ``old``, ``new`` and the row under its entity name."""
+    row = event.get("new") if event.get("new") is not None else event.get("old")
+    return {
+        "old": event.get("old") or {},
+        "new": event.get("new") or {},
+        event["entity"]: row or {},
+        "event": {
+            "id": event["id"],
+            "type": event["type"],
+            "operation": event["operation"],
+            "entity": event["entity"],
+            "row_id": event.get("row_id"),
+            "tenant_id": event.get("tenant_id"),
+        },
+    }
+
+
+def evaluate(spec: WorkflowSpec, event: dict[str, Any]) -> Verdict:
+    """Does ``event`` run this workflow? The reason says why or why not."""
+    refusal = spec.trigger.explain(event)
+    if refusal is not None:
+        return Verdict(False, refusal)
+    outcome = spec.condition.evaluate(event_context(event))
+    if not outcome.matched:
+        return Verdict(False, f"condition failed: {outcome.reason}")
+    return Verdict(True, f"trigger {spec.trigger.name}; {outcome.reason}")

@@ -1,0 +1,67 @@
+"""structlog, configured once per process.
+
+Standard-library loggers (dramatiq, aiohttp, asyncpg) go through the same
+processors, so every line is JSON when not on a terminal and carries the
+context variables bound per message or request (``run_id``, ``event_id``...).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from config.settings import Settings
+
+_configured = False
+
+
+def configure_logging(settings: Settings, *, process: str) -> None:
+    """Configure structlog and the standard library; safe to call twice."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+
+    as_json = settings.log_format == "json" or (
+        settings.log_format == "auto" and not sys.stderr.isatty()
+    )
+    def add_process(_logger: object, _method: str, event: dict[str, object]) -> dict[str, object]:
+        event.setdefault("process", process)
+        return event
+
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        add_process,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if as_json else lambda _l, _m, e: e,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # aiohttp's access log repeats what the request middleware logs.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

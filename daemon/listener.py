@@ -1,0 +1,58 @@
+"""LISTEN herald_events on a dedicated connection, reconnecting when it drops.
+
+A notification only wakes the dispatcher: NOTIFY is a hint, the outbox is the
+truth, so a notification lost while reconnecting costs nothing but a moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+import structlog
+
+from config.database import connect
+from config.errors import HeraldDatabaseError
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "herald_events"
+KEEPALIVE_S = 10.0
+MAX_BACKOFF_S = 10.0
+
+
+async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> None:
+    """Call ``wake`` for every notification until ``stop`` is set."""
+    backoff = 0.5
+    while not stop.is_set():
+        conn: asyncpg.Connection | None = None
+        lost = asyncio.Event()
+        try:
+            conn = await connect(dsn)
+            conn.add_termination_listener(lambda _conn: lost.set())
+            await conn.add_listener(CHANNEL, lambda *_args: wake())
+            log.info("listening", channel=CHANNEL)
+            backoff = 0.5
+            wake()  # catch up on whatever arrived while not listening
+            while not stop.is_set() and not lost.is_set():
+                await _wait_any(stop, lost, timeout=KEEPALIVE_S)
+                if not stop.is_set() and not lost.is_set():
+                    await conn.execute("SELECT 1")  # keepalive: finds a dead link
+        except (HeraldDatabaseError, asyncpg.PostgresError, OSError) as exc:
+            log.warning("listen connection lost", error=str(exc), retry_in_s=backoff)
+        finally:
+            if conn is not None and not conn.is_closed():
+                await conn.close()
+        if not stop.is_set():
+            await _wait_any(stop, timeout=backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,93 @@
+"""The daemon's SQL: claiming outbox events and finding work whose message was lost."""
+
+from __future__ import annotations
+
+# Claim the oldest pending events; SKIP LOCKED lets several daemons share the outbox.
+CLAIM_PENDING = """
+WITH next AS (
+    SELECT id FROM herald.events
+    WHERE state = 'pending'
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE herald.events e
+SET state = 'dispatched', dispatched_at = clock_timestamp(), dispatch_count = e.dispatch_count + 1
+FROM next WHERE e.id = next.id
+RETURNING e.id
+"""
+
+# The message could not be sent: leave the events for the next attempt.
+UNCLAIM = "UPDATE herald.events SET state = 'pending' WHERE id = ANY($1::bigint[]) AND state = 'dispatched'"
+
+# Dispatched, but no worker matched them within the lease: send again.
+STALE_DISPATCHED = """
+WITH stale AS (
+    SELECT id FROM herald.events
+    WHERE state = 'dispatched' AND dispatched_at < clock_timestamp() - make_interval(secs => $1)
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE herald.events e
+SET dispatched_at = clock_timestamp(), dispatch_count = e.dispatch_count + 1
+FROM stale WHERE e.id = stale.id
+RETURNING e.id
+"""
+
+# Runs created but never enriched.
+STALE_PENDING_RUNS = """
+WITH stale AS (
+    SELECT id FROM herald.runs
+    WHERE status = 'pending' AND updated_at < clock_timestamp() - make_interval(secs => $1)
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE herald.runs r SET updated_at = clock_timestamp()
+FROM stale WHERE r.id = stale.id
+RETURNING r.id
+"""
+
+# The next step of a running run, not started within the lease.
+STALE_PENDING_STEPS = """
+WITH stale AS (
+    SELECT s.id FROM herald.steps s
+    JOIN herald.runs r ON r.id = s.run_id AND r.status = 'running'
+    WHERE s.status = 'pending' AND s.updated_at < clock_timestamp() - make_interval(secs => $1)
+      AND NOT EXISTS (
+          SELECT 1 FROM herald.steps p
+          WHERE p.run_id = s.run_id AND p.position < s.position AND p.status <> 'sent'
+      )
+    ORDER BY s.id LIMIT $2
+    FOR UPDATE OF s SKIP LOCKED
+)
+UPDATE herald.steps s SET updated_at = clock_timestamp()
+FROM stale WHERE s.id = stale.id
+RETURNING s.id, s.action
+"""
+
+# A step still "sending" after its lease: its worker died mid-call. Whether the
+# provider got the message is unknown, so it is parked for a person, never resent.
+PARK_UNKNOWN_STEPS = """
+WITH stuck AS (
+    UPDATE herald.steps s
+    SET status = 'unknown', updated_at = clock_timestamp(),
+        error = 'the worker stopped while handing the message to the provider;'
+                || ' check with the provider before retrying'
+    WHERE s.status = 'sending' AND s.updated_at < clock_timestamp() - make_interval(secs => $1)
+    RETURNING s.run_id, s.position, s.step_key, s.action
+)
+UPDATE herald.runs r
+SET status = 'failed', completed_at = clock_timestamp(), updated_at = clock_timestamp(),
+    error = 'step ' || (stuck.position + 1) || ' (' || stuck.step_key || ', ' || stuck.action
+            || '): outcome unknown, parked for a person to decide'
+FROM stuck WHERE r.id = stuck.run_id AND r.status = 'running'
+RETURNING r.id
+"""
+
+HEARTBEAT = """
+INSERT INTO herald.heartbeats (instance, hostname, pid, started_at, last_seen_at)
+VALUES ($1, $2, $3, $4, clock_timestamp())
+ON CONFLICT (instance) DO UPDATE SET last_seen_at = clock_timestamp(), stopped_at = NULL
+"""
+
+HEARTBEAT_STOPPED = "UPDATE herald.heartbeats SET stopped_at = clock_timestamp() WHERE instance = $1"

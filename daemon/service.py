@@ -1,0 +1,77 @@
+"""The daemon process: listener, dispatcher, sweeper and heartbeat on one event loop.
+
+SIGTERM or SIGINT sets a stop event and the tasks finish what they are doing
+(a claimed batch is sent before the dispatcher stops); a second signal exits
+at once. Nothing is lost either way: unsent work waits in the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import dramatiq
+import structlog
+
+import actors  # noqa: F401  (sets up the broker and declares the actors)
+from config.database import create_pool
+from config.settings import Settings
+from daemon.dispatcher import Dispatcher
+from daemon.heartbeat import Heartbeat
+from daemon.listener import listen
+from daemon.sweeper import Sweeper
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def _send_to(actor_name: str, ids: list[int]) -> None:
+    dramatiq.get_broker().get_actor(actor_name).send(ids)
+
+
+async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    _install_signal_handlers(stop)
+    pool = await create_pool(settings.database_url, min_size=2, max_size=5)
+    try:
+        dispatcher = Dispatcher(
+            pool, lambda ids: _send_to("match", ids),
+            batch_size=settings.dispatch_batch_size, idle_s=settings.sweep_interval_s,
+        )
+        sweeper = Sweeper(pool, _send_to, lease_s=settings.lease_s, interval_s=settings.sweep_interval_s)
+        heartbeat = Heartbeat(pool, interval_s=settings.heartbeat_interval_s)
+        tasks = [
+            asyncio.create_task(listen(settings.database_url, dispatcher.wake, stop), name="listener"),
+            asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
+            asyncio.create_task(sweeper.run(stop), name="sweeper"),
+            asyncio.create_task(heartbeat.run(stop), name="heartbeat"),
+        ]
+        log.info("daemon started", instance=heartbeat.instance)
+        done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in tasks and task.exception() is not None:
+                log.error("daemon task crashed", task=task.get_name(), error=repr(task.exception()))
+                stop.set()
+        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
+        for task in pending:
+            task.cancel()
+        log.info("daemon stopped")
+    finally:
+        await pool.close()
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
