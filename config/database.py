@@ -17,6 +17,7 @@ import asyncpg
 import structlog
 
 from config.errors import HeraldDatabaseError
+from config.settings import redact_url
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +46,7 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
     try:
         conn = await asyncpg.connect(dsn, **kwargs)
     except (OSError, asyncpg.PostgresError) as exc:
-        raise HeraldDatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+        raise HeraldDatabaseError(f"cannot connect to PostgreSQL at {redact_url(dsn)}: {exc}") from exc
     await _init_connection(conn)
     return conn
 
@@ -56,7 +57,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
             dsn, min_size=min_size, max_size=max_size, init=_init_connection
         )
     except (OSError, asyncpg.PostgresError) as exc:
-        raise HeraldDatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+        raise HeraldDatabaseError(f"cannot connect to PostgreSQL at {redact_url(dsn)}: {exc}") from exc
     assert pool is not None
     return pool
 

@@ -1,0 +1,112 @@
+"""Real servers for Herald's tests: one embedded PostgreSQL and Redis per session,
+a template database with Herald's schema, and a fresh database per test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+import redis
+
+from config.database import connection, migrate, quote_ident
+from config.embedded_layout import EmbeddedLayout
+from config.logging import configure_logging
+from config.settings import Settings
+from daemon.embedded import EmbeddedServers
+
+# Before anything imports the actors (whose broker module would claim "worker").
+configure_logging(Settings.from_env({"HERALD_LOG_FORMAT": "console"}), process="tests")
+
+T = TypeVar("T")
+TEMPLATE = "herald_template"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedLayout:
+    return EmbeddedLayout.for_dir(tmp_path_factory.mktemp("herald"))
+
+
+@pytest.fixture(scope="session")
+def servers(layout: EmbeddedLayout) -> Iterator[EmbeddedServers]:
+    embedded = EmbeddedServers(layout)
+    embedded.start()
+    try:
+        yield embedded
+    finally:
+        embedded.stop()
+
+
+def database_url(layout: EmbeddedLayout, name: str) -> str:
+    return layout.database_url.replace("/herald?", f"/{name}?")
+
+
+@pytest.fixture(scope="session")
+async def template_database(servers: EmbeddedServers, layout: EmbeddedLayout) -> str:
+    async with connection(layout.database_url) as admin:
+        await admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        await admin.execute(f"CREATE DATABASE {TEMPLATE}")
+    async with connection(database_url(layout, TEMPLATE)) as conn:
+        await migrate(conn)
+    return TEMPLATE
+
+
+@pytest.fixture
+async def db_url(template_database: str, layout: EmbeddedLayout) -> AsyncIterator[str]:
+    """A fresh database with Herald's schema, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    async with connection(layout.database_url) as admin:
+        await admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {TEMPLATE}")
+    try:
+        yield database_url(layout, name)
+    finally:
+        async with connection(layout.database_url) as admin:
+            await admin.execute(f"DROP DATABASE {quote_ident(name)} WITH (FORCE)")
+
+
+@pytest.fixture
+async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    async with connection(db_url) as connection_:
+        yield connection_
+
+
+@pytest.fixture
+def redis_url(servers: EmbeddedServers, layout: EmbeddedLayout) -> str:
+    client = redis.Redis.from_url(layout.redis_url)
+    client.flushall()
+    client.close()
+    return layout.redis_url
+
+
+@pytest.fixture
+def settings(db_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=db_url, redis_url=redis_url, embedded=False, data_dir=tmp_path,
+        sweep_interval_s=0.5, lease_s=2.0, heartbeat_interval_s=0.5,
+    )
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 15.0, interval: float = 0.02,
+    message: str = "condition",
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())

@@ -1,0 +1,74 @@
+"""Real Herald processes (daemon, Dramatiq worker) against the session's servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from config.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Processes:
+    """Herald child processes whose output is kept for failure reports."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "daemon", *args], env=self.env, stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.running[name] = process
+        return process
+
+    def output(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        for process in self.running.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.running.values():
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def herald_env(settings: Settings) -> dict[str, str]:
+    env = settings.child_env()
+    env.update({
+        "HERALD_SWEEP_INTERVAL": str(settings.sweep_interval_s),
+        "HERALD_LEASE": str(settings.lease_s),
+        "HERALD_HEARTBEAT_INTERVAL": str(settings.heartbeat_interval_s),
+        "HERALD_LOG_FORMAT": "json",
+    })
+    return env
+
+
+@pytest.fixture
+def processes(herald_env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(herald_env, tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()

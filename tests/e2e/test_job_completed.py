@@ -1,0 +1,91 @@
+"""The walking skeleton end to end: a job completed with SQL becomes one email and
+one SMS, through the real daemon and a real Dramatiq worker process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from daemon.demo import load_demo
+from tests.conftest import wait_until
+from tests.e2e.conftest import Processes
+
+MESSAGES_FOR_JOB = """
+SELECT m.channel, m.recipient, m.subject, m.body, m.status, m.provider
+FROM herald.messages m
+JOIN herald.runs r ON r.id = m.run_id
+JOIN herald.events e ON e.id = r.event_id
+WHERE e.entity = 'job' AND e.row_id = $1
+ORDER BY m.channel
+"""
+
+
+async def test_completed_job_sends_one_email_and_one_sms(
+    conn: asyncpg.Connection, processes: Processes
+) -> None:
+    await load_demo(conn)
+    processes.start("daemon", "daemon")
+    processes.start("worker", "worker")
+
+    await conn.execute("UPDATE jobs SET status = 'completed' WHERE id = 1")
+
+    async def run_finished() -> Any:
+        return await conn.fetchrow(
+            "SELECT r.* FROM herald.runs r JOIN herald.events e ON e.id = r.event_id"
+            " WHERE e.row_id = '1' AND r.status IN ('completed', 'failed')")
+
+    run = await wait_until(run_finished, timeout=30, message="the job-1 run to finish")
+    assert run["status"] == "completed", run["error"]
+    assert run["execution_time_ms"] is not None and run["context"]["client"]["first_name"] == "Maria"
+
+    messages = await conn.fetch(MESSAGES_FOR_JOB, "1")
+    assert [dict(m) for m in messages] == [
+        {"channel": "email", "recipient": "maria.lopez@example.com",
+         "subject": "Job Completed - Replace kitchen faucet",
+         "body": "Dear Maria,\n\nYour job has been completed.", "status": "captured",
+         "provider": "capture"},
+        {"channel": "sms", "recipient": "+15550101001", "subject": None,
+         "body": "Job Replace kitchen faucet completed. Thank you!", "status": "captured",
+         "provider": "capture"},
+    ]
+    steps = await conn.fetch(
+        "SELECT action, status, attempts, execution_time_ms FROM herald.steps WHERE run_id = $1"
+        " ORDER BY position", run["id"])
+    assert [(s["action"], s["status"], s["attempts"]) for s in steps] == [
+        ("email", "sent", 1), ("sms", "sent", 1)]
+
+    # A job that is merely scheduled runs nothing, and the event says why.
+    await conn.execute("UPDATE jobs SET status = 'scheduled' WHERE id = 3")
+
+    async def scheduled_event_matched() -> Any:
+        return await conn.fetchrow(
+            "SELECT id, match_report FROM herald.events WHERE row_id = '3' AND state = 'matched'")
+
+    event = await wait_until(scheduled_event_matched, timeout=30, message="job 3's event to be matched")
+    assert await conn.fetchval("SELECT count(*) FROM herald.runs WHERE event_id = $1", event["id"]) == 0
+    assert await conn.fetch(MESSAGES_FOR_JOB, "3") == []
+    [verdict] = event["match_report"]["workflows"]
+    assert verdict["matched"] is False and "was 'scheduled'" in verdict["reason"]
+    assert await conn.fetchval("SELECT count(*) FROM herald.messages") == 2
+    assert await conn.fetchval(
+        "SELECT execution_count FROM herald.workflows WHERE tenant_id = '1'") == 1
+
+
+async def test_events_written_while_the_daemon_was_down_are_caught_up(
+    conn: asyncpg.Connection, processes: Processes
+) -> None:
+    await load_demo(conn)
+    # Both jobs complete before any Herald process runs: nothing is lost.
+    await conn.execute("UPDATE jobs SET status = 'completed' WHERE id IN (2, 4)")
+    processes.start("worker", "worker")
+    processes.start("daemon", "daemon")
+
+    async def both_runs_completed() -> bool:
+        return await conn.fetchval(
+            "SELECT count(*) FROM herald.runs WHERE status = 'completed'") == 2
+
+    await wait_until(both_runs_completed, timeout=30, message="both runs to complete")
+    tenants = await conn.fetch("SELECT DISTINCT tenant_id FROM herald.messages ORDER BY 1")
+    assert [t["tenant_id"] for t in tenants] == ["1", "2"]
+    assert await conn.fetchval("SELECT count(*) FROM herald.messages") == 4
