@@ -41,7 +41,7 @@ class Action:
         }
         rendered["recipient"] = rendered["recipient"].strip()
         if not rendered["recipient"]:
-            raise StepError(f"recipient: {config['recipient']!r} rendered empty")
+            raise StepError(f"recipient: {config['recipient']} is empty for this record")
         return rendered
 
 

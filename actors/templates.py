@@ -81,6 +81,8 @@ class _Undefined(StrictUndefined):
 
 _environment = SandboxedEnvironment(
     undefined=_Undefined,
+    # A NULL column renders empty, never as the word "None".
+    finalize=lambda value: "" if value is None else value,
     autoescape=False,
     keep_trailing_newline=True,
 )

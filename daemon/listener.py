@@ -19,6 +19,7 @@ log = structlog.get_logger(__name__)
 
 CHANNEL = "herald_events"
 KEEPALIVE_S = 10.0
+APPLICATION_NAME = "herald-listener"  # how the connection shows in pg_stat_activity
 MAX_BACKOFF_S = 10.0
 
 
@@ -29,7 +30,7 @@ async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> Non
         conn: asyncpg.Connection | None = None
         lost = asyncio.Event()
         try:
-            conn = await connect(dsn)
+            conn = await connect(dsn, server_settings={"application_name": APPLICATION_NAME})
             conn.add_termination_listener(lambda _conn: lost.set())
             await conn.add_listener(CHANNEL, lambda *_args: wake())
             log.info("listening", channel=CHANNEL)

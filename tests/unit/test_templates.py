@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from actors.actions import ACTIONS
 from actors.templates import as_records, camel_to_snake, render
-from config.errors import TemplateRenderError
+from config.errors import StepError, TemplateRenderError
 
 CONTEXT = as_records({
     "job": {"title": "Replace faucet", "status": "completed"},
@@ -43,3 +44,11 @@ def test_sandbox_refuses_internals() -> None:
 def test_syntax_errors_are_reported() -> None:
     with pytest.raises(TemplateRenderError, match="syntax error"):
         render("{{ job.title ", CONTEXT, field="message")
+
+
+def test_null_columns_render_empty_and_an_empty_recipient_fails() -> None:
+    context = as_records({"client": {"first_name": None, "email": None}, "job": {"title": "Fix"}})
+    assert render("Dear {{client.firstName}}", context, field="message") == "Dear "
+    config = {"recipient": "{{client.email}}", "subject": "{{job.title}}", "message": "Hi"}
+    with pytest.raises(StepError, match=r"recipient: \{\{client.email\}\} is empty"):
+        ACTIONS["email"].render(config, context)
