@@ -27,11 +27,24 @@ class WorkflowValidationError(HeraldError):
 
 
 class StepError(HeraldError):
-    """A step failed. ``permanent`` errors are never retried."""
+    """A step failed. ``permanent`` errors are never retried; a transient one
+    may say how long to wait first (``retry_after`` seconds, e.g. from a 429)."""
 
-    def __init__(self, message: str, *, permanent: bool = True) -> None:
+    def __init__(
+        self, message: str, *, permanent: bool = True, retry_after: float | None = None
+    ) -> None:
         self.permanent = permanent
+        self.retry_after = retry_after
         super().__init__(message)
+
+
+class DeliveryUnknownError(StepError):
+    """The request reached the provider but no answer came back (a timeout
+    after sending): the message may or may not have been delivered, so it is
+    never resent blindly; the step is parked for a person to decide."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
 
 
 class TemplateRenderError(StepError):

@@ -49,6 +49,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise HeraldConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise HeraldConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a Herald process needs to know about its environment.
@@ -76,8 +87,31 @@ class Settings:
     lease_s: float = 30.0
     heartbeat_interval_s: float = 5.0
     # Which provider delivers each channel; "capture" stores and sends nothing.
-    email_provider: str = "capture"
-    sms_provider: str = "capture"
+    email_provider: str = "capture"  # capture | smtp | mailgun
+    sms_provider: str = "capture"  # capture | telnyx | twilio
+    email_from: str = "Herald <herald@localhost>"
+    sms_from: str = ""
+    # Outbound HTTP (providers, webhooks): seconds for the whole request.
+    http_timeout_s: float = 10.0
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_starttls: bool = False
+    smtp_tls: bool = False
+    mailgun_base_url: str = "https://api.mailgun.net"
+    mailgun_domain: str = ""
+    mailgun_api_key: str = field(default="", repr=False)
+    telnyx_base_url: str = "https://api.telnyx.com"
+    telnyx_api_key: str = field(default="", repr=False)
+    twilio_base_url: str = "https://api.twilio.com"
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = field(default="", repr=False)
+    # Webhook steps: signing key, allowed hosts (empty: any public host), and
+    # whether loopback, link-local and private addresses may be called.
+    webhook_signing_secret: str = field(default="", repr=False)
+    webhook_allowlist: tuple[str, ...] = ()
+    webhook_allow_private: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,6 +142,29 @@ class Settings:
             heartbeat_interval_s=_float(env, "HERALD_HEARTBEAT_INTERVAL", 5.0),
             email_provider=env.get("HERALD_EMAIL_PROVIDER") or "capture",
             sms_provider=env.get("HERALD_SMS_PROVIDER") or "capture",
+            email_from=env.get("HERALD_EMAIL_FROM") or "Herald <herald@localhost>",
+            sms_from=env.get("HERALD_SMS_FROM") or "",
+            http_timeout_s=_float(env, "HERALD_HTTP_TIMEOUT", 10.0),
+            smtp_host=env.get("HERALD_SMTP_HOST") or "localhost",
+            smtp_port=_int(env, "HERALD_SMTP_PORT", 25),
+            smtp_username=env.get("HERALD_SMTP_USERNAME") or "",
+            smtp_password=env.get("HERALD_SMTP_PASSWORD") or "",
+            smtp_starttls=_bool(env, "HERALD_SMTP_STARTTLS", False),
+            smtp_tls=_bool(env, "HERALD_SMTP_TLS", False),
+            mailgun_base_url=env.get("HERALD_MAILGUN_BASE_URL") or "https://api.mailgun.net",
+            mailgun_domain=env.get("HERALD_MAILGUN_DOMAIN") or "",
+            mailgun_api_key=env.get("HERALD_MAILGUN_API_KEY") or "",
+            telnyx_base_url=env.get("HERALD_TELNYX_BASE_URL") or "https://api.telnyx.com",
+            telnyx_api_key=env.get("HERALD_TELNYX_API_KEY") or "",
+            twilio_base_url=env.get("HERALD_TWILIO_BASE_URL") or "https://api.twilio.com",
+            twilio_account_sid=env.get("HERALD_TWILIO_ACCOUNT_SID") or "",
+            twilio_auth_token=env.get("HERALD_TWILIO_AUTH_TOKEN") or "",
+            webhook_signing_secret=env.get("HERALD_WEBHOOK_SIGNING_SECRET") or "",
+            webhook_allowlist=tuple(
+                host.strip() for host in (env.get("HERALD_WEBHOOK_ALLOWLIST") or "").split(",")
+                if host.strip()
+            ),
+            webhook_allow_private=_bool(env, "HERALD_WEBHOOK_ALLOW_PRIVATE", False),
         )
 
     @property
