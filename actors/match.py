@@ -38,7 +38,9 @@ async def match(event_ids: list[int]) -> None:
             report = []
             for row in workflows_by_tenant[event["tenant_id"]]:
                 spec = spec_for(dict(row))
-                if isinstance(spec, WorkflowValidationError):
+                if event["workflow_id"] is not None and event["workflow_id"] != row["id"]:
+                    matched, reason = False, "the event was fired for another workflow"
+                elif isinstance(spec, WorkflowValidationError):
                     matched, reason = False, f"workflow is invalid: {spec}"
                 else:
                     verdict = evaluate(spec, dict(event))

@@ -20,7 +20,7 @@ _TYPE_NAME = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9, ]+\))?")
 # events to the worker that holds them; if that worker dies, its transaction
 # rolls back and the sweeper sends them again.
 CLAIM_EVENTS = """
-SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at
+SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id
 FROM herald.events
 WHERE id = ANY($1::bigint[]) AND state <> 'matched'
 ORDER BY id

@@ -55,10 +55,13 @@ class Trigger:
         return None
 
 
-def parse_trigger(name: Any, field: str = "trigger") -> Trigger:
-    """Parse a trigger name; raise :class:`WorkflowValidationError` if unknown."""
+def parse_trigger(name: Any, field: str = "trigger", config: Any = None) -> Trigger:
+    """Parse a trigger name (and its ``trigger_config``, for triggers that take one);
+    raise :class:`WorkflowValidationError` if either is invalid."""
     if not isinstance(name, str) or not name:
         raise WorkflowValidationError(field, "must be a non-empty string")
+    if config is not None:
+        raise WorkflowValidationError("trigger_config", f"trigger {name!r} takes no configuration")
     for pattern in (_CRM, _OPERATION):
         match = pattern.match(name)
         if match:

@@ -58,11 +58,11 @@ def parse_workflow(doc: Any) -> WorkflowSpec:
     if source_id is not None and not isinstance(source_id, str):
         raise WorkflowValidationError("id", "must be a string")
     if "trigger_type" in doc or "steps" in doc:
-        trigger = parse_trigger(doc.get("trigger_type"), "trigger_type")
+        trigger = parse_trigger(doc.get("trigger_type"), "trigger_type", doc.get("trigger_config"))
         condition = parse_condition(doc.get("trigger_conditions"), "trigger_conditions")
         steps = _field_service_steps(doc.get("steps"))
     elif "trigger" in doc or "actions" in doc:
-        trigger = parse_trigger(doc.get("trigger"), "trigger")
+        trigger = parse_trigger(doc.get("trigger"), "trigger", doc.get("trigger_config"))
         condition = parse_condition(doc.get("condition"), "condition")
         steps = _rule_actions(doc.get("actions"))
     else:
