@@ -2,4 +2,4 @@
 so ``dramatiq actors`` starts a worker that serves them all."""
 
 from actors import broker  # noqa: F401  (must come first: it sets the broker)
-from actors import email, enrich, match, sms  # noqa: F401
+from actors import email, enrich, match, records, sms, webhook  # noqa: F401

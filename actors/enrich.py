@@ -46,7 +46,7 @@ async def enrich(run_ids: list[int]) -> None:
     log.info("runs enriched", runs=len(runs))
     broker = dramatiq.get_broker()
     for action, step_ids in first_steps.items():
-        broker.get_actor(ACTIONS[action].channel).send(step_ids)
+        broker.get_actor(ACTIONS[action].actor).send(step_ids)
 
 
 def _target(relation: dict[str, Any]) -> tuple[str, str, str]:

@@ -1,24 +1,32 @@
 """match(event_ids): which workflows each event runs, one run per (workflow, event).
 
 Every event records, for each active workflow of its tenant, whether it
-matched and why or why not.
+matched and why or why not. An event also cancels the delayed runs waiting
+on the same record whose ``cancel_on`` names a trigger it fires.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import dramatiq
 import structlog
 
-from actors import store
+from actors import dedupe, store
+from actors.broker import settings
 from actors.db import get_pool
-from actors.workflow import evaluate
-from actors.workflows_cache import spec_for
+from actors.triggers import parse_trigger
+from actors.workflow import WorkflowSpec, evaluate
+from actors.workflows_cache import CachedWorkflow, WorkflowCache
 from config.errors import WorkflowValidationError
 
 log = structlog.get_logger(__name__)
+
+_cache = WorkflowCache(settings.database_url)
 
 
 @dramatiq.actor(queue_name="match", max_retries=5, min_backoff=500)
@@ -28,37 +36,111 @@ async def match(event_ids: list[int]) -> None:
         events = await conn.fetch(store.CLAIM_EVENTS, event_ids)
         if not events:
             return
-        tenants = sorted({event["tenant_id"] for event in events})
-        workflows_by_tenant: dict[str, list[Any]] = defaultdict(list)
-        for row in await conn.fetch(store.ACTIVE_WORKFLOWS, tenants):
-            workflows_by_tenant[row["tenant_id"]].append(row)
-
-        runs: list[tuple[str, Any, int, dict[str, Any]]] = []
+        workflows = await _cache.for_tenants(conn, (event["tenant_id"] for event in events))
+        origins = await _origin_workflows(conn, events)
+        candidates: list[Candidate] = []
         for event in events:
             report = []
-            for row in workflows_by_tenant[event["tenant_id"]]:
-                spec = spec_for(dict(row))
-                if event["workflow_id"] is not None and event["workflow_id"] != row["id"]:
-                    matched, reason = False, "the event was fired for another workflow"
-                elif isinstance(spec, WorkflowValidationError):
-                    matched, reason = False, f"workflow is invalid: {spec}"
-                else:
-                    verdict = evaluate(spec, dict(event))
-                    matched, reason = verdict.matched, verdict.reason
-                report.append({
-                    "workflow_id": str(row["id"]), "workflow": row["name"],
-                    "matched": matched, "reason": reason,
-                })
-                if matched:
-                    runs.append((event["tenant_id"], row["id"], event["id"], {"reason": reason}))
+            for workflow in workflows[event["tenant_id"]]:
+                matched, reason = _decide(workflow, dict(event), origins.get(event["origin_run_id"]))
+                report.append({"workflow_id": str(workflow.id), "workflow": workflow.name,
+                               "matched": matched, "reason": reason})
+                if matched and isinstance(workflow.spec, WorkflowSpec):
+                    candidates.append(Candidate(event, workflow.id, workflow.spec, reason,
+                                                *dedupe.keys(workflow.spec.trigger, dict(event))))
             await conn.execute(store.MARK_MATCHED, event["id"], {"workflows": report})
 
-        created = []
-        if runs:
-            tenant_ids, workflow_ids, run_event_ids, reasons = map(list, zip(*runs))
-            created = await conn.fetch(store.INSERT_RUNS, tenant_ids, workflow_ids, run_event_ids, reasons)
-            if created:
-                await conn.execute(store.COUNT_EXECUTIONS, [row["workflow_id"] for row in created])
-    log.info("events matched", events=len(events), runs=len(created))
-    if created:
-        dramatiq.get_broker().get_actor("enrich").send([row["id"] for row in created])
+        created = await _create_runs(conn, candidates)
+        started = [row["id"] for row in created if row["status"] == "pending"]
+        if started:
+            await conn.execute(store.COUNT_EXECUTIONS,
+                               [row["workflow_id"] for row in created if row["status"] == "pending"])
+        cancelled = await _cancel_waiting_runs(conn, events)
+    log.info("events matched", events=len(events), runs=len(started),
+             skipped=len(created) - len(started), cancelled=cancelled)
+    if started:
+        dramatiq.get_broker().get_actor("enrich").send(started)
+
+
+@dataclass
+class Candidate:
+    """A workflow an event matched, before duplicate prevention."""
+
+    event: Any
+    workflow_id: Any
+    spec: WorkflowSpec
+    reason: str
+    dedupe_key: str | None
+    once_key: str | None
+
+
+async def _create_runs(conn: asyncpg.Connection, candidates: list[Candidate]) -> list[Any]:
+    """Insert a run per candidate: pending, or skipped with the reason it duplicates another."""
+    if not candidates:
+        return []
+    # Two batches with changes to the same record must not both decide "no duplicate":
+    # serialise them per (workflow, record) until this transaction ends. Sorted: no deadlock.
+    records = sorted({f"{c.workflow_id}:{c.event['entity']}:{c.event['row_id']}"
+                      for c in candidates if c.dedupe_key})
+    if records:
+        await conn.execute(store.LOCK_RECORDS, records)
+    longest = max(max(c.spec.dedupe.window, c.spec.dedupe.once_per or dt.timedelta(0)) for c in candidates)
+    earlier: dict[Any, list[tuple[str | None, str | None, dt.datetime]]] = defaultdict(list)
+    for row in await conn.fetch(
+        store.RECENT_RUNS, sorted({c.workflow_id for c in candidates}),
+        [c.dedupe_key for c in candidates if c.dedupe_key],
+        [c.once_key for c in candidates if c.once_key], longest.total_seconds(),
+    ):
+        earlier[row["workflow_id"]].append((row["dedupe_key"], row["once_key"], row["created_at"]))
+    now = await conn.fetchval(store.NOW)
+    columns: list[list[Any]] = [[] for _ in range(8)]
+    for c in candidates:
+        skip = dedupe.skip_reason(c.spec.dedupe, c.dedupe_key, c.once_key, earlier[c.workflow_id], now)
+        if skip is None:
+            # Later events of this batch are duplicates of this one.
+            earlier[c.workflow_id].append((c.dedupe_key, c.once_key, now))
+        values = (c.event["tenant_id"], c.workflow_id, c.event["id"], {"reason": c.reason},
+                  c.dedupe_key, c.once_key, "skipped" if skip else "pending", skip)
+        for column, value in zip(columns, values):
+            column.append(value)
+    return list(await conn.fetch(store.INSERT_RUNS, *columns))
+
+
+def _decide(workflow: CachedWorkflow, event: dict[str, Any], origin_workflow: Any) -> tuple[bool, str]:
+    if event["workflow_id"] is not None and event["workflow_id"] != workflow.id:
+        return False, "the event was fired for another workflow"
+    if origin_workflow is not None and origin_workflow == workflow.id:
+        return False, "the change was made by this workflow's own update_record (loop prevented)"
+    if isinstance(workflow.spec, WorkflowValidationError):
+        return False, f"workflow is invalid: {workflow.spec}"
+    verdict = evaluate(workflow.spec, event)
+    return verdict.matched, verdict.reason
+
+
+async def _origin_workflows(conn: asyncpg.Connection, events: list[Any]) -> dict[int, Any]:
+    """For changes Herald made itself: the run that made them -> its workflow."""
+    run_ids = sorted({e["origin_run_id"] for e in events if e["origin_run_id"] is not None})
+    if not run_ids:
+        return {}
+    return {row["id"]: row["workflow_id"] for row in await conn.fetch(store.RUN_WORKFLOWS, run_ids)}
+
+
+async def _cancel_waiting_runs(conn: asyncpg.Connection, events: list[Any]) -> int:
+    """Cancel delayed runs on the same records whose cancel_on triggers these events fire."""
+    keys = list(zip(*[(e["tenant_id"], e["entity"], e["row_id"] or "") for e in events]))
+    waiting = await conn.fetch(store.WAITING_ON_RECORDS, *keys)
+    cancelled = 0
+    for step in waiting:
+        for event in events:
+            if (event["tenant_id"], event["entity"], event["row_id"]) != (
+                step["tenant_id"], step["entity"], step["row_id"]
+            ) or event["id"] <= step["event_id"]:
+                continue
+            fired = next((name for name in step["config"].get("cancel_on", [])
+                          if parse_trigger(name).explain(dict(event)) is None), None)
+            if fired is not None:
+                await conn.execute(store.CANCEL_RUN, step["run_id"],
+                                   f"cancelled by event {event['id']} ({fired})")
+                cancelled += 1
+                break
+    return cancelled

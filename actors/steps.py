@@ -1,115 +1,220 @@
-"""Carrying out claimed steps: render, record, deliver, advance the run.
+"""Carrying out claimed steps: execute the action, record the outcome, advance the run.
 
-A step is claimed (pending -> sending) before anything else, and its message
-row, keyed by a deterministic idempotency key, is written before the provider
-is called. A step whose message row already exists is never sent again.
+A step is claimed in PostgreSQL before it runs (pending, or waiting and due,
+becomes *sending*); a duplicate Dramatiq message finds nothing to claim.
+Actions that only write to PostgreSQL run inside the claiming transaction,
+so their effect and the step's status commit together. Actions that call a
+provider commit the claim first (see :mod:`actors.actions.delivery`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
-from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import dramatiq
 import structlog
 
-from actors import store
-from actors.actions import ACTIONS
+from actors.actions import ACTIONS, Done, Outcome, StepRun, Wait
 from actors.broker import settings
 from actors.db import get_pool
-from actors.providers import OutboundMessage, ProviderResult, get_provider
+from actors.http import get_session
+from actors.retry_policy import RetryPolicy
 from actors.templates import as_records
-from config.errors import StepError
+from config.errors import DeliveryUnknownError, HeraldConfigError, StepError
 
 log = structlog.get_logger(__name__)
 
+# Dramatiq holds delayed messages in Redis; longer waits are left to the sweeper.
+MAX_QUEUE_DELAY_S = 3600
 
-def idempotency_key(step: Any) -> str:
-    """The same for every attempt at one step of one run: workflow, event, step."""
-    return f"{step['workflow_id']}:{step['event_id']}:{step['step_key']}"
+CLAIM_STEPS = """
+UPDATE herald.steps s
+SET status = 'sending',
+    attempts = s.attempts + CASE WHEN s.status = 'waiting' THEN 0 ELSE 1 END,
+    started_at = coalesce(s.started_at, clock_timestamp()), updated_at = clock_timestamp(),
+    next_attempt_at = NULL
+FROM herald.runs r
+JOIN herald.events e ON e.id = r.event_id
+JOIN herald.workflows w ON w.id = r.workflow_id
+LEFT JOIN herald.watched_tables wt ON wt.table_name = e.table_name
+WHERE s.id = ANY($1::bigint[]) AND s.action = ANY($2::text[])
+  AND r.id = s.run_id AND r.status = 'running'
+  AND ((s.status = 'pending' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= clock_timestamp()))
+       OR (s.status = 'waiting' AND s.wake_at <= clock_timestamp()))
+RETURNING s.id, s.run_id, s.tenant_id, s.position, s.step_key, s.action, s.config, s.attempts,
+          s.wake_at, r.context, r.workflow_id, r.event_id, w.definition -> 'retry' AS retry,
+          e.table_name, e.row_id, e.entity, wt.id_column, wt.tenant_column, wt.action_targets,
+          wt.updatable_columns
+"""
+
+STEP_DONE = """
+UPDATE herald.steps
+SET status = 'sent', rendered = $2, provider_response = $3, error = NULL,
+    completed_at = clock_timestamp(), updated_at = clock_timestamp(), execution_time_ms = $4
+WHERE id = $1
+"""
+
+STEP_WAITING = """
+UPDATE herald.steps
+SET status = 'waiting', wake_at = $2, rendered = $3, updated_at = clock_timestamp(),
+    execution_time_ms = $4
+WHERE id = $1
+"""
+
+STEP_RETRY = """
+UPDATE herald.steps
+SET status = 'pending', next_attempt_at = clock_timestamp() + make_interval(secs => $2),
+    attempts = attempts - $3, rendered = $4, error = $5, updated_at = clock_timestamp()
+WHERE id = $1
+"""
+
+STEP_FAILED = """
+UPDATE herald.steps
+SET status = $2, rendered = $3, error = $4, completed_at = clock_timestamp(),
+    updated_at = clock_timestamp(), execution_time_ms = $5
+WHERE id = $1
+"""
+
+NEXT_STEP = "SELECT id, action FROM herald.steps WHERE run_id = $1 AND position = $2 AND status = 'pending'"
+
+RUN_COMPLETED = """
+UPDATE herald.runs
+SET status = 'completed', completed_at = clock_timestamp(), updated_at = clock_timestamp(),
+    execution_time_ms = (extract(epoch FROM clock_timestamp() - created_at) * 1000)::int
+WHERE id = $1 AND status = 'running'
+"""
+
+RUN_FAILED = """
+UPDATE herald.runs
+SET status = 'failed', error = $2, completed_at = clock_timestamp(), updated_at = clock_timestamp(),
+    execution_time_ms = (extract(epoch FROM clock_timestamp() - created_at) * 1000)::int
+WHERE id = $1 AND status = 'running'
+"""
+
+SKIP_REMAINING = """
+UPDATE herald.steps SET status = 'skipped', updated_at = clock_timestamp()
+WHERE run_id = $1 AND status = 'pending'
+"""
 
 
-async def run_steps(step_ids: list[int], channel: str) -> None:
-    """Carry out the pending steps among ``step_ids`` whose action uses ``channel``."""
-    actions = [name for name, action in ACTIONS.items() if action.channel == channel]
+@dataclass(frozen=True)
+class FollowUp:
+    """A message to send once the step's transaction has committed."""
+
+    step_id: int
+    action: str
+    delay_s: float = 0.0
+
+
+async def run_steps(step_ids: list[int], actor_name: str) -> None:
+    """Carry out the claimable steps among ``step_ids`` whose action runs on ``actor_name``."""
+    names = [name for name, action in ACTIONS.items() if action.actor == actor_name]
     pool = await get_pool()
-    claimed = await pool.fetch(store.CLAIM_STEPS, step_ids, actions)
-    if not claimed:
-        return
-    outcomes = await asyncio.gather(*(_run_one(pool, step) for step in claimed))
-    next_steps: dict[str, list[int]] = defaultdict(list)
-    for action, step_id in (outcome for outcome in outcomes if outcome is not None):
-        next_steps[action].append(step_id)
+    follow_ups: list[FollowUp] = []
+    if ACTIONS[names[0]].atomic:
+        for step_id in step_ids:
+            async with pool.acquire() as conn, conn.transaction():
+                step = await conn.fetchrow(CLAIM_STEPS, [step_id], names)
+                if step is not None:
+                    follow_ups += await _run(conn, step)
+    else:
+        claimed = await pool.fetch(CLAIM_STEPS, step_ids, names)
+
+        async def one(step: asyncpg.Record) -> list[FollowUp]:
+            async with pool.acquire() as conn:
+                return await _run(conn, step)
+
+        for result in await asyncio.gather(*(one(step) for step in claimed)):
+            follow_ups += result
+    _send(follow_ups)
+
+
+def _send(follow_ups: list[FollowUp]) -> None:
     broker = dramatiq.get_broker()
-    for action, ids in next_steps.items():
-        broker.get_actor(ACTIONS[action].channel).send(ids)
+    grouped: dict[tuple[str, int], list[int]] = {}
+    for follow_up in follow_ups:
+        delay_ms = int(follow_up.delay_s * 1000)
+        if delay_ms <= MAX_QUEUE_DELAY_S * 1000:
+            grouped.setdefault((ACTIONS[follow_up.action].actor, delay_ms), []).append(follow_up.step_id)
+    for (actor_name, delay_ms), ids in grouped.items():
+        broker.get_actor(actor_name).send_with_options(args=(ids,), delay=delay_ms or None)
 
 
-async def _run_one(pool: Any, step: Any) -> tuple[str, int] | None:
-    """Run one claimed step; return the next step to send, if any."""
+async def _run(conn: asyncpg.Connection, step: Mapping[str, Any]) -> list[FollowUp]:
+    """Execute one claimed step and record what happened; return messages to send."""
     started = time.monotonic()
+    action = ACTIONS[step["action"]]
+    run = StepRun(step, as_records(step["context"]), settings, conn, await get_session())
     with structlog.contextvars.bound_contextvars(
-        run_id=step["run_id"], step_id=step["id"], tenant_id=step["tenant_id"]
+        run_id=step["run_id"], step_id=step["id"], tenant_id=step["tenant_id"], action=step["action"]
     ):
-        action = ACTIONS[step["action"]]
-        rendered: dict[str, str] | None = None
         try:
-            rendered = action.render(step["config"], as_records(step["context"]))
-            result = await _deliver(pool, step, action.channel, rendered)
+            if action.atomic:
+                async with conn.transaction():  # a savepoint: a failed write leaves nothing behind
+                    outcome = await action.execute(run)
+            else:
+                outcome = await action.execute(run)
+        except HeraldConfigError as exc:
+            # A provider that is not configured: fixable by a person, not by retrying.
+            return await _record_error(conn, step, run.rendered, StepError(str(exc)), _elapsed_ms(started))
         except StepError as exc:
-            log.warning("step failed", error=str(exc))
-            await _fail(pool, step, rendered, str(exc), _elapsed_ms(started))
-            return None
-        return await _succeed(pool, step, rendered, result, _elapsed_ms(started))
+            return await _record_error(conn, step, run.rendered, exc, _elapsed_ms(started))
+        return await _record_outcome(conn, step, run.rendered, outcome, _elapsed_ms(started))
 
 
 def _elapsed_ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-async def _deliver(pool: Any, step: Any, channel: str, rendered: dict[str, str]) -> ProviderResult:
-    provider = get_provider(settings.provider_for(channel))
-    key = idempotency_key(step)
-    message_id = await pool.fetchval(
-        store.INSERT_MESSAGE,
-        step["tenant_id"], step["run_id"], step["id"], channel, provider.name, key,
-        rendered["recipient"], rendered.get("subject"), rendered["message"],
-    )
-    if message_id is None:
-        existing = await pool.fetchrow(store.MESSAGE_BY_KEY, key)
-        if existing["status"] in ("sent", "captured"):
-            # Delivered by an earlier attempt whose bookkeeping was lost.
-            return ProviderResult(existing["status"], existing["provider_message_id"],
-                                  {"already_delivered": True})
-        raise StepError(
-            f"message {key} was handed to the provider before and its outcome is unknown;"
-            " not sending it again"
-        )
-    result = await provider.send(
-        OutboundMessage(channel, rendered["recipient"], rendered["message"], key, rendered.get("subject"))
-    )
-    await pool.execute(store.MESSAGE_DELIVERED, message_id, result.status, result.provider_message_id)
-    return result
-
-
-async def _succeed(
-    pool: Any, step: Any, rendered: dict[str, str] | None, result: ProviderResult, elapsed_ms: int
-) -> tuple[str, int] | None:
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(store.STEP_SENT, step["id"], rendered, result.response, elapsed_ms)
-        following = await conn.fetchrow(store.NEXT_STEP, step["run_id"], step["position"] + 1)
+async def _record_outcome(
+    conn: asyncpg.Connection, step: Mapping[str, Any], rendered: dict[str, Any], outcome: Outcome,
+    elapsed_ms: int,
+) -> list[FollowUp]:
+    if isinstance(outcome, Wait):
+        await conn.execute(STEP_WAITING, step["id"], outcome.until, rendered, elapsed_ms)
+        delay = (outcome.until - dt.datetime.now(dt.UTC)).total_seconds()
+        log.info("step waiting", until=outcome.until.isoformat())
+        return [FollowUp(step["id"], step["action"], max(delay, 0.0))]
+    assert isinstance(outcome, Done)
+    async with conn.transaction():
+        await conn.execute(STEP_DONE, step["id"], rendered, outcome.response, elapsed_ms)
+        following = await conn.fetchrow(NEXT_STEP, step["run_id"], step["position"] + 1)
         if following is None:
-            await conn.execute(store.RUN_COMPLETED, step["run_id"])
+            await conn.execute(RUN_COMPLETED, step["run_id"])
             log.info("run completed")
-            return None
-    return following["action"], following["id"]
+            return []
+    return [FollowUp(following["id"], following["action"])]
 
 
-async def _fail(pool: Any, step: Any, rendered: dict[str, str] | None, error: str, elapsed_ms: int) -> None:
+async def _record_error(
+    conn: asyncpg.Connection, step: Mapping[str, Any], rendered: dict[str, Any], exc: StepError,
+    elapsed_ms: int,
+) -> list[FollowUp]:
+    policy = RetryPolicy.from_config(step["retry"])
+    # A wait the provider asked for (429) is not an attempt.
+    spent = 0 if exc.retry_after is not None else 1
+    retries_used = step["attempts"] - 1
+    if not exc.permanent and (spent == 0 or retries_used < policy.max_retries):
+        delay = exc.retry_after if exc.retry_after is not None else policy.delay_s(retries_used + 1)
+        await conn.execute(STEP_RETRY, step["id"], delay, 1 - spent, rendered, str(exc))
+        log.warning("step will be retried", error=str(exc), retry_in_s=round(delay, 2))
+        return [FollowUp(step["id"], step["action"], delay)]
+    status = "unknown" if isinstance(exc, DeliveryUnknownError) else "failed"
+    error = str(exc)
+    if not exc.permanent:
+        error = f"gave up after {step['attempts']} attempts: {error}"
     reason = f"step {step['position'] + 1} ({step['step_key']}, {step['action']}): {error}"
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(store.STEP_FAILED, step["id"], "failed", rendered, error, elapsed_ms)
-        await conn.execute(store.SKIP_REMAINING, step["run_id"])
-        await conn.execute(store.RUN_FAILED, step["run_id"], reason)
+    if status == "unknown":
+        reason += "; parked for a person to decide"
+    log.warning("step failed", error=error, status=status)
+    async with conn.transaction():
+        await conn.execute(STEP_FAILED, step["id"], status, rendered, error, elapsed_ms)
+        await conn.execute(SKIP_REMAINING, step["run_id"])
+        await conn.execute(RUN_FAILED, step["run_id"], reason)
+    return []

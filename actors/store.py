@@ -20,18 +20,12 @@ _TYPE_NAME = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9, ]+\))?")
 # events to the worker that holds them; if that worker dies, its transaction
 # rolls back and the sweeper sends them again.
 CLAIM_EVENTS = """
-SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id
+SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id,
+       origin_run_id
 FROM herald.events
 WHERE id = ANY($1::bigint[]) AND state <> 'matched'
 ORDER BY id
 FOR UPDATE SKIP LOCKED
-"""
-
-ACTIVE_WORKFLOWS = """
-SELECT id, tenant_id, name, definition, updated_at
-FROM herald.workflows
-WHERE is_active AND tenant_id = ANY($1::text[])
-ORDER BY created_at, id
 """
 
 MARK_MATCHED = """
@@ -41,10 +35,22 @@ WHERE id = $1
 """
 
 INSERT_RUNS = """
-INSERT INTO herald.runs (tenant_id, workflow_id, event_id, match_reason)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::jsonb[])
+INSERT INTO herald.runs
+    (tenant_id, workflow_id, event_id, match_reason, dedupe_key, once_key, status, error, completed_at)
+SELECT t, w, e, m, d, o, s, x, CASE WHEN s = 'skipped' THEN clock_timestamp() END
+FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::jsonb[], $5::text[], $6::text[], $7::text[],
+            $8::text[]) AS u(t, w, e, m, d, o, s, x)
 ON CONFLICT (workflow_id, event_id) DO NOTHING
-RETURNING id, workflow_id
+RETURNING id, workflow_id, status
+"""
+
+# Earlier runs of these workflows that a new run could duplicate.
+RECENT_RUNS = """
+SELECT workflow_id, dedupe_key, once_key, created_at
+FROM herald.runs
+WHERE workflow_id = ANY($1::uuid[]) AND status <> 'skipped'
+  AND (dedupe_key = ANY($2::text[]) OR once_key = ANY($3::text[]))
+  AND created_at > clock_timestamp() - make_interval(secs => $4)
 """
 
 COUNT_EXECUTIONS = """
@@ -52,6 +58,37 @@ UPDATE herald.workflows w
 SET execution_count = w.execution_count + c.n
 FROM (SELECT workflow_id, count(*) AS n FROM unnest($1::uuid[]) AS workflow_id GROUP BY 1) c
 WHERE w.id = c.workflow_id
+"""
+
+NOW = "SELECT clock_timestamp()"
+
+LOCK_RECORDS = """
+SELECT pg_advisory_xact_lock(hashtextextended(k, 0))
+FROM (SELECT k FROM unnest($1::text[]) AS k ORDER BY k) AS sorted
+"""
+
+RUN_WORKFLOWS = "SELECT id, workflow_id FROM herald.runs WHERE id = ANY($1::bigint[])"
+
+# Delayed steps waiting on any of these (tenant, entity, row) records.
+WAITING_ON_RECORDS = """
+SELECT s.id, s.run_id, s.config, r.tenant_id, r.event_id, e.entity, e.row_id
+FROM herald.steps s
+JOIN herald.runs r ON r.id = s.run_id AND r.status = 'running'
+JOIN herald.events e ON e.id = r.event_id
+WHERE s.status = 'waiting'
+  AND (r.tenant_id, e.entity, e.row_id) IN (
+      SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
+"""
+
+CANCEL_RUN = """
+WITH steps AS (
+    UPDATE herald.steps SET status = 'cancelled', updated_at = clock_timestamp()
+    WHERE run_id = $1 AND status IN ('waiting', 'pending')
+)
+UPDATE herald.runs
+SET status = 'cancelled', error = $2, completed_at = clock_timestamp(), updated_at = clock_timestamp(),
+    execution_time_ms = (extract(epoch FROM clock_timestamp() - created_at) * 1000)::int
+WHERE id = $1 AND status = 'running'
 """
 
 # -- enrich --------------------------------------------------------------------
@@ -78,73 +115,6 @@ SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[]
 ON CONFLICT (run_id, position) DO NOTHING
 RETURNING id, run_id, position, action
 """
-
-# -- steps ---------------------------------------------------------------------
-
-CLAIM_STEPS = """
-UPDATE herald.steps s
-SET status = 'sending', attempts = s.attempts + 1,
-    started_at = clock_timestamp(), updated_at = clock_timestamp()
-FROM herald.runs r
-WHERE s.id = ANY($1::bigint[]) AND s.status = 'pending' AND s.action = ANY($2::text[])
-  AND r.id = s.run_id AND r.status = 'running'
-RETURNING s.id, s.run_id, s.tenant_id, s.position, s.step_key, s.action, s.config,
-          r.context, r.workflow_id, r.event_id
-"""
-
-INSERT_MESSAGE = """
-INSERT INTO herald.messages
-    (tenant_id, run_id, step_id, channel, provider, idempotency_key, recipient, subject, body, status)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'sending')
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING id
-"""
-
-MESSAGE_BY_KEY = "SELECT id, status, provider_message_id FROM herald.messages WHERE idempotency_key = $1"
-
-MESSAGE_DELIVERED = """
-UPDATE herald.messages SET status = $2, provider_message_id = $3 WHERE id = $1
-"""
-
-STEP_SENT = """
-UPDATE herald.steps
-SET status = 'sent', rendered = $2, provider_response = $3, error = NULL,
-    completed_at = clock_timestamp(), updated_at = clock_timestamp(),
-    execution_time_ms = $4
-WHERE id = $1 AND status = 'sending'
-"""
-
-STEP_FAILED = """
-UPDATE herald.steps
-SET status = $2, rendered = $3, error = $4,
-    completed_at = clock_timestamp(), updated_at = clock_timestamp(),
-    execution_time_ms = $5
-WHERE id = $1 AND status = 'sending'
-"""
-
-NEXT_STEP = """
-SELECT id, action FROM herald.steps WHERE run_id = $1 AND position = $2 AND status = 'pending'
-"""
-
-RUN_COMPLETED = """
-UPDATE herald.runs
-SET status = 'completed', completed_at = clock_timestamp(), updated_at = clock_timestamp(),
-    execution_time_ms = (extract(epoch FROM clock_timestamp() - created_at) * 1000)::int
-WHERE id = $1 AND status = 'running'
-"""
-
-RUN_FAILED = """
-UPDATE herald.runs
-SET status = 'failed', error = $2, completed_at = clock_timestamp(), updated_at = clock_timestamp(),
-    execution_time_ms = (extract(epoch FROM clock_timestamp() - created_at) * 1000)::int
-WHERE id = $1 AND status = 'running'
-"""
-
-SKIP_REMAINING = """
-UPDATE herald.steps SET status = 'skipped', updated_at = clock_timestamp()
-WHERE run_id = $1 AND status = 'pending'
-"""
-
 
 async def load_related(
     conn: asyncpg.Connection, relation: dict[str, Any], keys: Sequence[str]

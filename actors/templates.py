@@ -9,11 +9,13 @@ use camelCase (``{{client.firstName}}``) over snake_case columns
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from jinja2.utils import missing
 
@@ -79,24 +81,81 @@ class _Undefined(StrictUndefined):
         return f"{type(owner).__name__} value has no attribute {name!r}"
 
 
-_environment = SandboxedEnvironment(
-    undefined=_Undefined,
-    # A NULL column renders empty, never as the word "None".
-    finalize=lambda value: "" if value is None else value,
-    autoescape=False,
-    keep_trailing_newline=True,
-)
+def _parse_datetime(value: Any) -> dt.datetime | dt.date:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value
+    text = str(value)
+    try:
+        return dt.datetime.fromisoformat(text) if "T" in text or " " in text else dt.date.fromisoformat(text)
+    except ValueError:
+        raise TemplateRenderError(f"date filter: {text!r} is not an ISO date or timestamp") from None
 
 
-@lru_cache(maxsize=2048)
-def _compile(source: str) -> Any:
-    return _environment.from_string(source)
+def date_filter(value: Any, fmt: str = "%b %-d, %Y") -> str:
+    """``{{ job.scheduled_at | date("%A %-d %B at %H:%M") }}`` (strftime format)."""
+    if value is None or value == "":
+        return ""
+    return _parse_datetime(value).strftime(fmt)
 
 
-def render(source: str, context: dict[str, Any], *, field: str) -> str:
+_CURRENCY_SYMBOLS = {"USD": "$", "CAD": "$", "AUD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+
+
+def money_filter(value: Any, currency: str = "USD", cents: bool = False) -> str:
+    """``{{ invoice.amount_cents | money("USD", cents=True) }}`` -> ``$1,450.00``."""
+    if value is None or value == "":
+        return ""
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise TemplateRenderError(f"money filter: {value!r} is not a number") from None
+    if cents:
+        amount = amount / 100
+    symbol = _CURRENCY_SYMBOLS.get(currency.upper())
+    text = f"{abs(amount):,.2f}"
+    sign = "-" if amount < 0 else ""
+    return f"{sign}{symbol}{text}" if symbol else f"{sign}{text} {currency.upper()}"
+
+
+def _environment(*, html: bool) -> SandboxedEnvironment:
+    environment = SandboxedEnvironment(
+        undefined=_Undefined,
+        # A NULL column renders empty, never as the word "None".
+        finalize=lambda value: "" if value is None else value,
+        autoescape=html,
+        keep_trailing_newline=True,
+    )
+    environment.filters["date"] = date_filter
+    environment.filters["money"] = money_filter
+    return environment
+
+
+_TEXT = _environment(html=False)
+_HTML = _environment(html=True)  # HTML email: every value is escaped
+
+
+@lru_cache(maxsize=4096)
+def _compile(source: str, html: bool) -> Any:
+    return (_HTML if html else _TEXT).from_string(source)
+
+
+_SINGLE_BRACE = re.compile(r"(?<!\{)\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\}(?!\})")
+
+
+def from_single_braces(text: str) -> str:
+    """The CRM rules' ``{appointment.patientId}`` as a template: ``{{appointment.patientId}}``.
+
+    Text that already uses double braces is left as it is.
+    """
+    if "{{" in text or "{%" in text:
+        return text
+    return _SINGLE_BRACE.sub(r"{{\1}}", text)
+
+
+def render(source: str, context: dict[str, Any], *, field: str, html: bool = False) -> str:
     """Render one template string; ``field`` names it in any error."""
     try:
-        template = _compile(source)
+        template = _compile(source, html)
     except TemplateSyntaxError as exc:
         raise TemplateRenderError(f"{field}: template syntax error on line {exc.lineno}: {exc.message}") from None
     try:
@@ -105,5 +164,20 @@ def render(source: str, context: dict[str, Any], *, field: str) -> str:
         raise TemplateRenderError(f"{field}: template refused for security: {exc}") from None
     except UndefinedError as exc:
         raise TemplateRenderError(f"{field}: undefined template variable: {exc.message}") from None
+    except TemplateRenderError as exc:
+        raise TemplateRenderError(f"{field}: {exc}") from None
     except Exception as exc:  # any other error inside the template's own expressions
         raise TemplateRenderError(f"{field}: template failed: {exc}") from None
+
+
+def referenced_fields(source: str) -> set[tuple[str, str]]:
+    """The ``name.attribute`` pairs a template reads, e.g. {("client", "firstName")}."""
+    try:
+        tree = _TEXT.parse(source)
+    except TemplateSyntaxError:
+        return set()
+    return {
+        (node.node.name, node.attr)
+        for node in tree.find_all(nodes.Getattr)
+        if isinstance(node.node, nodes.Name)
+    }

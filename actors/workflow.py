@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.actions import get_action
+from actors.dedupe import DedupePolicy
+from actors.retry_policy import RetryPolicy
+from actors.templates import from_single_braces
 from actors.conditions import Condition, parse_condition
 from actors.triggers import Trigger, parse_trigger
 from config.errors import WorkflowValidationError
@@ -34,6 +37,7 @@ class WorkflowSpec:
     trigger: Trigger
     condition: Condition
     steps: tuple[StepSpec, ...]
+    dedupe: DedupePolicy = DedupePolicy()
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,9 @@ def parse_workflow(doc: Any) -> WorkflowSpec:
         raise WorkflowValidationError(
             "trigger_type", "missing: a workflow needs trigger_type and steps (or trigger and actions)"
         )
-    return WorkflowSpec(name, source_id, trigger, condition, steps)
+    RetryPolicy.from_config(doc.get("retry"))
+    dedupe = DedupePolicy.from_config(doc.get("dedupe"))
+    return WorkflowSpec(name, source_id, trigger, condition, steps, dedupe)
 
 
 def _field_service_steps(raw: Any) -> tuple[StepSpec, ...]:
@@ -80,12 +86,14 @@ def _field_service_steps(raw: Any) -> tuple[StepSpec, ...]:
         field = f"steps[{i}]"
         if not isinstance(step, dict):
             raise WorkflowValidationError(field, "must be an object")
-        if step.get("type", "action") != "action":
-            raise WorkflowValidationError(f"{field}.type", f"unknown step type {step.get('type')!r}")
+        step_type = step.get("type", "action")
+        if step_type not in ("action", "delay"):
+            raise WorkflowValidationError(f"{field}.type", f"unknown step type {step_type!r} (action or delay)")
         config = step.get("config")
         if not isinstance(config, dict):
             raise WorkflowValidationError(f"{field}.config", "must be an object")
-        action = get_action(config.get("actionType"), f"{field}.config.actionType")
+        action_name = "delay" if step_type == "delay" else config.get("actionType")
+        action = get_action(action_name, f"{field}.config.actionType")
         action.validate(config, f"{field}.config")
         key = step.get("id") or f"step-{i + 1}"
         steps.append(StepSpec(str(key), action.name, config))
@@ -105,10 +113,22 @@ def _rule_actions(raw: Any) -> tuple[StepSpec, ...]:
         args = item.get("args", {})
         if not isinstance(args, dict):
             raise WorkflowValidationError(f"{field}.args", "must be an object")
+        # The CRM rules write templates with single braces: {appointment.patientId}.
+        args = _single_braces(args)
         action.validate(args, f"{field}.args")
         steps.append(StepSpec(str(item.get("id") or f"action-{i + 1}"), action.name, args))
     _check_unique_keys(steps, "actions")
     return tuple(steps)
+
+
+def _single_braces(value: Any) -> Any:
+    if isinstance(value, str):
+        return from_single_braces(value)
+    if isinstance(value, dict):
+        return {key: _single_braces(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_single_braces(item) for item in value]
+    return value
 
 
 def _check_unique_keys(steps: list[StepSpec], field: str) -> None:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import fcntl
+import getpass
+import json
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
-from config.errors import HeraldError, WorkflowValidationError
+from config.errors import HeraldConfigError, HeraldError, WorkflowValidationError
 from config.logging import configure_logging
 from config.settings import Settings, current, set_for_process
 
@@ -55,10 +60,51 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--id-column", default="id")
     watch.add_argument("--relation", action="append", default=[], metavar="NAME=TABLE:COLUMN",
                        help="a related row templates can use, e.g. client=clients:client_id")
+    watch.add_argument("--tasks-table", help="where create_task writes for this table's events")
+    watch.add_argument("--notes-table", help="where create_note writes for this table's events")
+    watch.add_argument("--updatable", default="", metavar="COL,COL",
+                       help="columns update_record may change")
+
+    workflows = sub.add_parser("workflows", help="validate, import or export workflow definitions")
+    workflows_sub = workflows.add_subparsers(dest="workflows_command", required=True, metavar="ACTION")
+    validate = workflows_sub.add_parser("validate", help="check workflow files (needs no database)")
+    validate.add_argument("files", nargs="+")
+    importing = workflows_sub.add_parser("import", help="validate and save workflow files for a tenant")
+    _common(importing)
+    importing.add_argument("files", nargs="+")
+    importing.add_argument("--tenant", required=True, help="the tenant (organization) id")
+    exporting = workflows_sub.add_parser("export", help="print stored workflows as JSON")
+    _common(exporting)
+    exporting.add_argument("--tenant", help="only this tenant's workflows")
+
+    retry = sub.add_parser("retry", help="retry a failed run, or every failed run a filter selects")
+    _common(retry)
+    retry.add_argument("run_id", nargs="?", type=int, help="the run to retry")
+    retry.add_argument("--failed", action="store_true", help="retry failed runs matching the filters")
+    retry.add_argument("--tenant", help="only this tenant's runs")
+    retry.add_argument("--workflow", help="only runs of this workflow id")
+    retry.add_argument("--error", help="only runs whose error contains this text")
+    retry.add_argument("--since", type=_timestamp, help="failed at or after (ISO time)")
+    retry.add_argument("--until", type=_timestamp, help="failed before (ISO time)")
+    retry.add_argument("--dry-run", action="store_true", help="say what a retry would touch; change nothing")
+    retry.add_argument("--reason", default="retried from the command line", help="recorded with the retry")
+    retry.add_argument("--by", default=_whoami(), help="who is retrying (recorded)")
 
     psql = sub.add_parser("psql", help="run psql against Herald's database; arguments pass through")
     _common(psql)
     return parser
+
+
+def _timestamp(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _whoami() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,7 +218,9 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
         async with connection(settings.database_url) as conn:
             return await watch_table(conn, args.table, tenant_column=args.tenant_column,
                                      entity=args.entity, id_column=args.id_column,
-                                     relations=relations)
+                                     relations=relations, tasks_table=args.tasks_table,
+                                     notes_table=args.notes_table,
+                                     updatable=tuple(c for c in args.updatable.split(",") if c))
 
     with servers_for(settings):
         qualified = asyncio.run(run())
@@ -204,6 +252,112 @@ def _without_password(url: str) -> tuple[str, dict[str, str]]:
     host = parts.netloc.rsplit("@", 1)[1]
     netloc = f"{parts.username}@{host}" if parts.username else host
     return urlunsplit(parts._replace(netloc=netloc)), env
+
+
+def _read_workflow_file(path: str) -> Any:
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except OSError as exc:
+        raise HeraldConfigError(f"{path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise HeraldConfigError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
+    from actors.workflow import parse_workflow
+
+    if args.workflows_command == "export":
+        return _export_workflows(settings, args)
+    specs = []
+    failed = 0
+    for path in args.files:
+        try:
+            specs.append((path, parse_workflow(_read_workflow_file(path))))
+        except (WorkflowValidationError, HeraldConfigError) as exc:
+            print(f"{path}: invalid: {exc}", file=sys.stderr)
+            failed += 1
+    if failed:
+        return 2
+    if args.workflows_command == "validate":
+        for path, spec in specs:
+            print(f"{path}: valid ({spec.name}: {spec.trigger.name}, {len(spec.steps)} steps)")
+        return 0
+    return _import_workflows(settings, args, [path for path, _ in specs])
+
+
+def _import_workflows(settings: Settings, args: argparse.Namespace, paths: list[str]) -> int:
+    from actors.workflow import parse_workflow
+    from config.database import connection
+    from daemon.embedded import servers_for
+    from daemon.workflows import import_workflow, template_warnings
+
+    async def run() -> None:
+        await _migrate(settings)
+        async with connection(settings.database_url) as conn:
+            for path in paths:
+                document = _read_workflow_file(path)
+                workflow_id = await import_workflow(conn, args.tenant, document)
+                print(f"{path}: imported as {workflow_id} for tenant {args.tenant}")
+                for warning in await template_warnings(conn, parse_workflow(document)):
+                    print(f"{path}: warning: {warning}", file=sys.stderr)
+
+    with servers_for(settings):
+        asyncio.run(run())
+    return 0
+
+
+def _export_workflows(settings: Settings, args: argparse.Namespace) -> int:
+    from config.database import connection
+    from daemon.embedded import servers_for
+    from daemon.workflows import export_workflows
+
+    async def run() -> list[dict[str, Any]]:
+        async with connection(settings.database_url) as conn:
+            return await export_workflows(conn, args.tenant)
+
+    with servers_for(settings):
+        print(json.dumps(asyncio.run(run()), indent=2))
+    return 0
+
+
+def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
+    from config.database import connection
+    from daemon.embedded import servers_for
+    from daemon.retries import RetryFilter, retry_failed, retry_run
+
+    if (args.run_id is None) == (not args.failed):
+        raise HeraldConfigError("give a run id, or --failed with filters")
+
+    def send_step(action: str, step_id: int) -> None:
+        dramatiq.get_broker().get_actor(ACTIONS[action].actor).send([step_id])
+
+    async def run() -> int:
+        async with connection(settings.database_url) as conn:
+            if args.run_id is not None:
+                if await retry_run(conn, args.run_id, requested_by=args.by, reason=args.reason,
+                                   send_step=send_step, tenant_id=args.tenant):
+                    print(f"run {args.run_id}: retrying")
+                    return 0
+                print(f"run {args.run_id}: not retried (it is not failed, or is being retried already)",
+                      file=sys.stderr)
+                return 1
+            where = RetryFilter(args.tenant, args.workflow, args.error, args.since, args.until)
+            summary = await retry_failed(conn, where, requested_by=args.by, reason=args.reason,
+                                         send_step=send_step, dry_run=args.dry_run)
+            verb = "would retry" if args.dry_run else "retried"
+            print(f"{verb} {summary.runs} runs: {summary.messages_to_resend} steps to send again,"
+                  f" {summary.already_delivered} already delivered (kept)")
+            if summary.not_retried:
+                print(f"not retried (changed meanwhile): {summary.not_retried}")
+            return 0
+
+    import dramatiq
+
+    from actors.actions import ACTIONS  # sets up the broker the retry's first message goes to
+
+    with servers_for(settings):
+        return asyncio.run(run())
 
 
 def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
@@ -245,6 +399,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "daemon": cmd_daemon,
     "worker": cmd_worker,
     "dashboard": cmd_dashboard,
+    "workflows": cmd_workflows,
+    "retry": cmd_retry,
 }
 
 if __name__ == "__main__":

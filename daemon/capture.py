@@ -26,11 +26,13 @@ WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND a.attnum > 0 AND NOT a
 """
 
 UPSERT_WATCHED = """
-INSERT INTO herald.watched_tables (table_name, entity, id_column, tenant_column, relations)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO herald.watched_tables
+    (table_name, entity, id_column, tenant_column, relations, action_targets, updatable_columns)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (table_name) DO UPDATE
 SET entity = EXCLUDED.entity, id_column = EXCLUDED.id_column,
-    tenant_column = EXCLUDED.tenant_column, relations = EXCLUDED.relations
+    tenant_column = EXCLUDED.tenant_column, relations = EXCLUDED.relations,
+    action_targets = EXCLUDED.action_targets, updatable_columns = EXCLUDED.updatable_columns
 """
 
 
@@ -90,8 +92,16 @@ async def watch_table(
     entity: str | None = None,
     id_column: str = "id",
     relations: tuple[Relation, ...] = (),
+    tasks_table: str | None = None,
+    notes_table: str | None = None,
+    updatable: tuple[str, ...] = (),
 ) -> str:
-    """Install (or refresh) capture on ``table``; return its qualified name."""
+    """Install (or refresh) capture on ``table``; return its qualified name.
+
+    ``tasks_table`` / ``notes_table`` are where create_task / create_note
+    write for this table's events; ``updatable`` lists the columns
+    update_record may change.
+    """
     qualified = await _qualified(conn, table)
     entity = entity or default_entity(qualified.partition(".")[2])
     await _column_type(conn, qualified, id_column)
@@ -107,6 +117,15 @@ async def watch_table(
             "key": relation.key,
             "key_type": await _column_type(conn, target, relation.key),
         }
+    action_targets = {}
+    for action, target_table in (("create_task", tasks_table), ("create_note", notes_table)):
+        if target_table:
+            action_targets[action] = await _qualified(conn, target_table)
+    for column in updatable:
+        await _column_type(conn, qualified, column)
+    protected = {id_column, tenant_column} & set(updatable)
+    if protected:
+        raise HeraldConfigError(f"update_record may not change {sorted(protected)[0]!r}: it identifies the row")
     args = ", ".join(quote_literal(arg) for arg in (entity, id_column, tenant_column or ""))
     target_sql = quote_qualified(qualified)
     async with conn.transaction():
@@ -120,7 +139,8 @@ async def watch_table(
             f" FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*)"
             f" EXECUTE FUNCTION herald.capture_change({args})"
         )
-        await conn.execute(UPSERT_WATCHED, qualified, entity, id_column, tenant_column, relation_map)
+        await conn.execute(UPSERT_WATCHED, qualified, entity, id_column, tenant_column, relation_map,
+                           action_targets, list(updatable))
     return qualified
 
 

@@ -24,7 +24,7 @@ WATCHES: tuple[tuple[str, tuple[Relation, ...]], ...] = (
 
 def demo_workflow() -> dict[str, object]:
     """The seed's job-completed workflow, shipped unchanged."""
-    text = resources.files("config.demo").joinpath("job-completed.workflow.json").read_text()
+    text = resources.files("config.examples").joinpath("job-completed.workflow.json").read_text()
     return json.loads(text)  # type: ignore[no-any-return]
 
 

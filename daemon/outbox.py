@@ -53,6 +53,7 @@ WITH stale AS (
     SELECT s.id FROM herald.steps s
     JOIN herald.runs r ON r.id = s.run_id AND r.status = 'running'
     WHERE s.status = 'pending' AND s.updated_at < clock_timestamp() - make_interval(secs => $1)
+      AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= clock_timestamp())
       AND NOT EXISTS (
           SELECT 1 FROM herald.steps p
           WHERE p.run_id = s.run_id AND p.position < s.position AND p.status <> 'sent'
@@ -62,6 +63,24 @@ WITH stale AS (
 )
 UPDATE herald.steps s SET updated_at = clock_timestamp()
 FROM stale WHERE s.id = stale.id
+RETURNING s.id, s.action
+"""
+
+# Retries and delays that fell due: their delayed Dramatiq message normally
+# arrives on time; this is the backstop for one that was lost (or too far out
+# to queue), a second after it was due.
+DUE_STEPS = """
+WITH due AS (
+    SELECT s.id FROM herald.steps s
+    JOIN herald.runs r ON r.id = s.run_id AND r.status = 'running'
+    WHERE (s.status = 'waiting' AND s.wake_at < clock_timestamp() - interval '1 second')
+       OR (s.status = 'pending' AND s.next_attempt_at < clock_timestamp() - interval '1 second'
+           AND s.updated_at < clock_timestamp() - interval '1 second')
+    ORDER BY s.id LIMIT $1
+    FOR UPDATE OF s SKIP LOCKED
+)
+UPDATE herald.steps s SET updated_at = clock_timestamp()
+FROM due WHERE s.id = due.id
 RETURNING s.id, s.action
 """
 

@@ -23,9 +23,15 @@ SendTo = Callable[[str, list[int]], object]  # (actor name, ids)
 
 
 class Sweeper:
-    def __init__(self, pool: asyncpg.Pool, send_to: SendTo, *, lease_s: float, interval_s: float) -> None:
+    """``actor_of`` maps a step's action to the actor that carries it out."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, send_to: SendTo, *, lease_s: float, interval_s: float,
+        actor_of: Callable[[str], str] = lambda action: action,
+    ) -> None:
         self.pool = pool
         self.send_to = send_to
+        self.actor_of = actor_of
         self.lease_s = lease_s
         self.interval_s = interval_s
 
@@ -52,14 +58,20 @@ class Sweeper:
             self.send_to("enrich", [row["id"] for row in runs])
         counts["runs"] = len(runs)
         steps = await self.pool.fetch(outbox.STALE_PENDING_STEPS, self.lease_s, SWEEP_BATCH)
-        by_action: dict[str, list[int]] = defaultdict(list)
-        for row in steps:
-            by_action[row["action"]].append(row["id"])
-        for action, ids in by_action.items():
-            self.send_to(action, ids)
+        self._send_steps(steps)
         counts["steps"] = len(steps)
+        due = await self.pool.fetch(outbox.DUE_STEPS, SWEEP_BATCH)
+        self._send_steps(due)
+        counts["due"] = len(due)
         parked = await self.pool.fetch(outbox.PARK_UNKNOWN_STEPS, self.lease_s)
         counts["parked"] = len(parked)
         if any(counts.values()):
             log.info("sweep resent lost work", **counts)
         return counts
+
+    def _send_steps(self, rows: list[asyncpg.Record]) -> None:
+        by_actor: dict[str, list[int]] = defaultdict(list)
+        for row in rows:
+            by_actor[self.actor_of(row["action"])].append(row["id"])
+        for actor, ids in by_actor.items():
+            self.send_to(actor, ids)

@@ -1,12 +1,19 @@
-"""Saving workflow definitions: validated first, so a bad one never reaches a worker."""
+"""Saving, checking and exporting workflow definitions.
+
+A workflow is validated before it is saved, so a bad one never reaches a
+worker. Saving also warns about templates that read columns the entity or its
+relations do not have (a typo that would otherwise fail every run).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 
-from actors.workflow import parse_workflow
+from actors.templates import camel_to_snake, referenced_fields
+from actors.workflow import StepSpec, WorkflowSpec, parse_workflow
 
 UPSERT_WORKFLOW = """
 INSERT INTO herald.workflows (tenant_id, source_id, name, trigger_type, definition)
@@ -15,6 +22,20 @@ ON CONFLICT (tenant_id, source_id) DO UPDATE
 SET name = EXCLUDED.name, trigger_type = EXCLUDED.trigger_type,
     definition = EXCLUDED.definition, updated_at = now()
 RETURNING id
+"""
+
+EXPORT = """
+SELECT id, tenant_id, definition, is_active, execution_count
+FROM herald.workflows
+WHERE ($1::text IS NULL OR tenant_id = $1)
+ORDER BY tenant_id, created_at, id
+"""
+
+WATCHED_BY_ENTITY = "SELECT table_name, relations FROM herald.watched_tables WHERE entity = $1"
+
+COLUMNS = """
+SELECT a.attname FROM pg_attribute a
+WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
 """
 
 
@@ -29,3 +50,46 @@ async def import_workflow(conn: asyncpg.Connection, tenant_id: str, document: di
         UPSERT_WORKFLOW, tenant_id, spec.source_id, spec.name, spec.trigger.name, document
     )
     return str(workflow_id)
+
+
+async def export_workflows(conn: asyncpg.Connection, tenant_id: str | None) -> list[dict[str, Any]]:
+    """Every stored workflow as written, with where it lives and how often it ran."""
+    return [
+        {"tenant_id": row["tenant_id"], "workflow_id": str(row["id"]), "is_active": row["is_active"],
+         "execution_count": row["execution_count"], "definition": row["definition"]}
+        for row in await conn.fetch(EXPORT, tenant_id)
+    ]
+
+
+def _templates(step: StepSpec, index: int) -> Iterator[tuple[str, str]]:
+    def walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
+        if isinstance(value, str):
+            yield path, value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from walk(item, f"{path}.{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                yield from walk(item, f"{path}[{i}]")
+
+    yield from walk(step.config, f"steps[{index}]")
+
+
+async def template_warnings(conn: asyncpg.Connection, spec: WorkflowSpec) -> list[str]:
+    """Templates reading columns that the trigger's entity or its relations lack."""
+    watched = await conn.fetchrow(WATCHED_BY_ENTITY, spec.trigger.entity)
+    if watched is None:
+        return []
+    tables = {spec.trigger.entity: watched["table_name"]}
+    tables |= {name: relation["table"] for name, relation in watched["relations"].items()}
+    columns: dict[str, set[str]] = {}
+    for name, table in tables.items():
+        columns[name] = {row["attname"] for row in await conn.fetch(COLUMNS, table)}
+    warnings = []
+    for index, step in enumerate(spec.steps):
+        for path, source in _templates(step, index):
+            for name, attribute in sorted(referenced_fields(source)):
+                known = columns.get(name)
+                if known and attribute not in known and camel_to_snake(attribute) not in known:
+                    warnings.append(f"{path}: {name} has no column {attribute!r} ({tables[name]})")
+    return warnings

@@ -25,8 +25,8 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", aioredis.Redis)
 
-QUEUES = ("match", "enrich", "email", "sms")
-RUN_STATUSES = ("pending", "running", "completed", "failed")
+QUEUES = ("match", "enrich", "email", "sms", "webhook", "records")
+RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 MAX_LIMIT = 500
 # A daemon that has not beaten for this long is considered down.
 HEARTBEAT_STALE_S = 30.0

@@ -4,6 +4,7 @@ a template database with Herald's schema, and a fresh database per test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -58,9 +59,9 @@ async def template_database(servers: EmbeddedServers, layout: EmbeddedLayout) ->
     return TEMPLATE
 
 
-@pytest.fixture
-async def db_url(template_database: str, layout: EmbeddedLayout) -> AsyncIterator[str]:
-    """A fresh database with Herald's schema, dropped after the test."""
+@contextlib.asynccontextmanager
+async def fresh_database(layout: EmbeddedLayout) -> AsyncIterator[str]:
+    """A new database with Herald's schema (from the template), dropped afterwards."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     async with connection(layout.database_url) as admin:
         await admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {TEMPLATE}")
@@ -69,6 +70,13 @@ async def db_url(template_database: str, layout: EmbeddedLayout) -> AsyncIterato
     finally:
         async with connection(layout.database_url) as admin:
             await admin.execute(f"DROP DATABASE {quote_ident(name)} WITH (FORCE)")
+
+
+@pytest.fixture
+async def db_url(template_database: str, layout: EmbeddedLayout) -> AsyncIterator[str]:
+    """A fresh database for one test."""
+    async with fresh_database(layout) as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,11 +8,12 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class OutboundMessage:
-    channel: str  # email | sms
+    channel: str  # email | sms | webhook
     recipient: str
     body: str
     idempotency_key: str
     subject: str | None = None
+    html_body: str | None = None
 
 
 @dataclass(frozen=True)
@@ -26,5 +27,6 @@ class Provider(Protocol):
     name: str
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
-        """Deliver ``message``. Raise StepError(permanent=...) when it cannot be."""
+        """Deliver ``message``; raise StepError (transient or permanent) or
+        DeliveryUnknownError when the outcome cannot be known."""
         ...

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from typing import Any
 
 import pytest
 
+from actors import dedupe
+from actors.dedupe import DedupePolicy, skip_reason
 from actors.workflow import evaluate, parse_workflow
 from config.errors import WorkflowValidationError
 from tests.conftest import REPO, read_json
 
-EXAMPLE = REPO / "config" / "demo" / "job-completed.workflow.json"
-SHARED_EXAMPLE = REPO.parent / "shared" / "examples" / "job-completed.workflow.json"
+EXAMPLE = REPO / "config" / "examples" / "job-completed.workflow.json"
 
 
 def job_event(operation: str = "UPDATE", old: Any = None, new: Any = None) -> dict[str, Any]:
@@ -25,10 +27,12 @@ def document() -> dict[str, Any]:
     return read_json(EXAMPLE)  # type: ignore[no-any-return]
 
 
-def test_demo_ships_the_seed_example_unchanged() -> None:
-    if not SHARED_EXAMPLE.exists():
+@pytest.mark.parametrize("name", ["job-completed.workflow.json", "consultation-scheduled.rule.json"])
+def test_herald_ships_the_seed_examples_unchanged(name: str) -> None:
+    shared = REPO.parent / "shared" / "examples" / name
+    if not shared.exists():
         pytest.skip("shared/examples is not beside this checkout")
-    assert EXAMPLE.read_bytes() == SHARED_EXAMPLE.read_bytes()
+    assert (REPO / "config" / "examples" / name).read_bytes() == shared.read_bytes()
 
 
 def test_example_parses_to_email_then_sms(document: dict[str, Any]) -> None:
@@ -82,3 +86,72 @@ def test_invalid_workflows_name_the_field(document: dict[str, Any], mutate: Any,
     with pytest.raises(WorkflowValidationError) as caught:
         parse_workflow(document)
     assert caught.value.field == field
+
+
+RULE = REPO / "config" / "examples" / "consultation-scheduled.rule.json"
+
+
+def test_crm_rule_parses_with_single_brace_templates() -> None:
+    spec = parse_workflow(read_json(RULE))
+    assert spec.trigger.entity == "appointment" and spec.trigger.operation == "INSERT"
+    assert [step.action for step in spec.steps] == ["create_note", "draft_email"]
+    assert spec.steps[0].config["patientId"] == "{{appointment.patientId}}"
+    created = {"id": 3, "entity": "appointment", "type": "appointment.created", "operation": "INSERT",
+               "old": None, "new": {"status": "scheduled", "visit_type": "Consultation"}}
+    assert evaluate(spec, created).matched
+    created["new"]["visit_type"] = "Follow-up"
+    assert "appointment.visitType equals 'Consultation'" in evaluate(spec, created).reason
+
+
+@pytest.mark.parametrize(
+    ("step", "field"),
+    [
+        ({"type": "delay", "config": {}}, "steps[1].config"),
+        ({"type": "delay", "config": {"duration": "soon"}}, "steps[1].config.duration"),
+        ({"type": "delay", "config": {"duration": "1d", "cancel_on": ["job_exploded"]}},
+         "steps[1].config.cancel_on"),
+        ({"type": "action", "config": {"actionType": "webhook", "url": "ftp://x"}}, "steps[1].config.url"),
+        ({"type": "action", "config": {"actionType": "update_record", "fields": {}}},
+         "steps[1].config.fields"),
+        ({"type": "action", "config": {"actionType": "create_task"}}, "steps[1].config"),
+        ({"type": "wait", "config": {}}, "steps[1].type"),
+    ],
+)
+def test_invalid_steps_name_the_field(document: dict[str, Any], step: dict[str, Any], field: str) -> None:
+    document["steps"][1] = step
+    with pytest.raises(WorkflowValidationError) as caught:
+        parse_workflow(document)
+    assert caught.value.field == field
+
+
+def test_retry_settings_are_validated(document: dict[str, Any]) -> None:
+    document["retry"] = {"max_retries": -1}
+    with pytest.raises(WorkflowValidationError) as caught:
+        parse_workflow(document)
+    assert caught.value.field == "retry.max_retries"
+    document["retry"] = {"max_retries": 5, "base_delay_s": 1}
+    assert parse_workflow(document).name == "Job Completed"
+
+
+def test_dedupe_keys_follow_the_transition(document: dict[str, Any]) -> None:
+    spec = parse_workflow(document)
+    first = dedupe.keys(spec.trigger, job_event(old={"status": "in_progress"}, new={"status": "completed"}))
+    again = dedupe.keys(spec.trigger, job_event(old={"status": "in_progress"}, new={"status": "completed"}))
+    other = dedupe.keys(spec.trigger, job_event(old={"status": "on_hold"}, new={"status": "completed"}))
+    assert first == again
+    assert first[0] != other[0] and first[1] == other[1]  # another transition, the same resulting state
+    manual = job_event(new={"status": "completed"}) | {"operation": "MANUAL"}
+    assert dedupe.keys(spec.trigger, manual) == (None, None)
+
+
+def test_dedupe_policy_skips_within_the_window_only() -> None:
+    now = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
+    policy = DedupePolicy.from_config({"window_s": 30, "once_per": "1h"})
+    recent = [("k", "s", now - dt.timedelta(seconds=10))]
+    assert "duplicate" in (skip_reason(policy, "k", "s", recent, now) or "")
+    old = [("k", "s", now - dt.timedelta(minutes=20))]
+    assert "once_per" in (skip_reason(policy, "k", "s", old, now) or "")
+    assert skip_reason(DedupePolicy(), "k", "s", old, now) is None
+    with pytest.raises(WorkflowValidationError) as caught:
+        DedupePolicy.from_config({"once_per": "0s"})
+    assert caught.value.field == "dedupe.once_per"

@@ -1,0 +1,160 @@
+"""What every action is: a schema for its configuration and a handler.
+
+An action module defines one :class:`Action` subclass and registers it with
+:func:`register`; the package imports every module, so adding an action
+touches one module. ``actor`` names the Dramatiq actor (and queue) that
+carries the action out. ``atomic`` actions only write to PostgreSQL, so their
+effect commits in the same transaction as the step's status and can simply be
+run again if a worker dies; the others hand a message to a provider and are
+recorded *sending* before the call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import aiohttp
+import asyncpg
+
+from actors.templates import render
+from config.errors import StepError, WorkflowValidationError
+from config.settings import Settings
+
+KINDS = ("template", "object", "list", "number")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One configuration key. ``aliases`` are other spellings the seeds use."""
+
+    name: str
+    kind: str = "template"  # a template string, an object of templates, a list, a number
+    required: bool = False
+    aliases: tuple[str, ...] = ()
+
+    def find(self, config: Mapping[str, Any]) -> tuple[str, Any] | None:
+        for key in (self.name, *self.aliases):
+            if key in config:
+                return key, config[key]
+        return None
+
+
+@dataclass
+class StepRun:
+    """A claimed step, with everything a handler needs to carry it out."""
+
+    step: Mapping[str, Any]
+    context: dict[str, Any]
+    settings: Settings
+    conn: asyncpg.Connection
+    session: aiohttp.ClientSession
+    rendered: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.step["config"])
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same for every attempt at one step of one run."""
+        return f"{self.step['workflow_id']}:{self.step['event_id']}:{self.step['step_key']}"
+
+    def param(self, param: Param) -> Any:
+        found = param.find(self.config)
+        return None if found is None else found[1]
+
+    def render(self, param: Param, *, html: bool = False) -> str | None:
+        """Render a template parameter (None when absent); keep it for the run's record."""
+        value = self.param(param)
+        if value is None:
+            return None
+        text = render(str(value), self.context, field=param.name, html=html)
+        self.rendered[param.name] = text
+        return text
+
+    def render_object(self, value: Any, path: str) -> Any:
+        """Render every string inside a JSON-like value."""
+        if isinstance(value, str):
+            return render(value, self.context, field=path)
+        if isinstance(value, dict):
+            return {k: self.render_object(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.render_object(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+
+@dataclass(frozen=True)
+class Done:
+    """The step did its work; ``response`` is what the provider or database said."""
+
+    response: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """The step waits until ``until`` (a delay), then the run goes on."""
+
+    until: dt.datetime
+
+
+Outcome = Done | Wait
+
+
+class Action:
+    """Base of every action: declare ``name``, ``actor``, ``params``; implement ``execute``."""
+
+    name: ClassVar[str]
+    actor: ClassVar[str]
+    atomic: ClassVar[bool] = False
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    def validate(self, config: Mapping[str, Any], field: str) -> None:
+        """Check the configuration when the workflow is saved; errors name the key."""
+        for param in self.params:
+            found = param.find(config)
+            if found is None:
+                if param.required:
+                    names = " or ".join((param.name, *param.aliases))
+                    raise WorkflowValidationError(f"{field}.{param.name}", f"{self.name} needs {names}")
+                continue
+            key, value = found
+            _check_kind(param.kind, value, f"{field}.{key}")
+        self.check(config, field)
+
+    def check(self, config: Mapping[str, Any], field: str) -> None:
+        """Action-specific validation beyond the declared parameters."""
+
+    async def execute(self, run: StepRun) -> Outcome:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _check_kind(kind: str, value: Any, field: str) -> None:
+    ok = {
+        "template": isinstance(value, str) and value.strip() != "",
+        "object": isinstance(value, dict),
+        "list": isinstance(value, list),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+    }[kind]
+    if not ok:
+        expected = {"template": "a non-empty string", "object": "an object", "list": "a list",
+                    "number": "a number"}[kind]
+        raise WorkflowValidationError(field, f"must be {expected}")
+
+
+def require(value: str | None, what: str) -> str:
+    """A rendered value that must not be empty (a recipient, a URL)."""
+    if value is None or not value.strip():
+        raise StepError(f"{what} is empty for this record")
+    return value.strip()
+
+
+ACTIONS: dict[str, Action] = {}
+
+
+def register(action_class: type[Action]) -> type[Action]:
+    """Class decorator: make an action available to workflows by its name."""
+    ACTIONS[action_class.name] = action_class()
+    return action_class

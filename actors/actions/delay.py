@@ -1,0 +1,97 @@
+"""delay: a durable wait, for a duration or until a time taken from the context.
+
+The wait lives in PostgreSQL (the step is *waiting* with ``wake_at``), so it
+survives restarts; the daemon's sweeper wakes due steps. ``cancel_on`` names
+triggers (e.g. ``job_cancelled``) whose event, on the same record, cancels the
+waiting run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from actors.actions.base import Action, Done, Outcome, Param, StepRun, Wait, register
+from actors.triggers import parse_trigger
+from config.errors import StepError, WorkflowValidationError
+
+DURATION = Param("duration")
+UNTIL = Param("until")
+OFFSET = Param("offset")
+CANCEL_ON = Param("cancel_on", kind="list")
+SECONDS = Param("seconds", kind="number", required=True)
+
+_DURATION = re.compile(r"^\s*(-)?\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: Any, field: str) -> dt.timedelta:
+    """``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``, ``"-1d"`` or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return dt.timedelta(seconds=value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise WorkflowValidationError(field, f"{value!r} is not a duration like '15m', '2h', '1d'")
+    sign = -1 if match.group(1) else 1
+    return dt.timedelta(seconds=sign * float(match.group(2)) * _UNITS[match.group(3)])
+
+
+def _parse_time(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise StepError(f"delay until: {text!r} is not an ISO date or timestamp") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+class _Delay(Action):
+    actor = "records"
+    atomic = True
+
+    def check(self, config: dict[str, Any], field: str) -> None:  # type: ignore[override]
+        for trigger in config.get("cancel_on", []):
+            parse_trigger(trigger, f"{field}.cancel_on")
+
+    def wake_at(self, run: StepRun, now: dt.datetime) -> dt.datetime:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def execute(self, run: StepRun) -> Outcome:
+        if run.step["wake_at"] is not None:
+            return Done({"waited_until": run.step["wake_at"].isoformat()})
+        now = dt.datetime.now(dt.UTC)
+        until = self.wake_at(run, now)
+        run.rendered["until"] = until.isoformat()
+        return Done({"waited_until": None}) if until <= now else Wait(until)
+
+
+@register
+class Delay(_Delay):
+    name = "delay"
+    params = (DURATION, UNTIL, OFFSET, CANCEL_ON)
+
+    def check(self, config: dict[str, Any], field: str) -> None:  # type: ignore[override]
+        if ("duration" in config) == ("until" in config):
+            raise WorkflowValidationError(field, "delay needs either duration or until")
+        for key in ("duration", "offset"):
+            if key in config:
+                parse_duration(config[key], f"{field}.{key}")
+        super().check(config, field)
+
+    def wake_at(self, run: StepRun, now: dt.datetime) -> dt.datetime:
+        config = run.config
+        if "duration" in config:
+            return now + parse_duration(config["duration"], "duration")
+        until = _parse_time(run.render(UNTIL) or "")
+        return until + parse_duration(config.get("offset", 0), "offset")
+
+
+@register
+class DelaySeconds(_Delay):
+    """The CRM rules' ``delay_seconds`` with ``seconds``."""
+
+    name = "delay_seconds"
+    params = (SECONDS, CANCEL_ON)
+
+    def wake_at(self, run: StepRun, now: dt.datetime) -> dt.datetime:
+        return now + dt.timedelta(seconds=float(run.config["seconds"]))

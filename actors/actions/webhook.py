@@ -1,0 +1,50 @@
+"""webhook: POST the rendered JSON payload to a URL, signed, to allowed hosts only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+from actors.actions.base import Action, Done, Param, StepRun, register, require
+from actors.actions.delivery import deliver
+from actors.providers import OutboundMessage, ProviderResult
+from actors.providers.webhook import deliver_webhook
+from config.errors import WorkflowValidationError
+
+URL = Param("url", required=True)
+PAYLOAD = Param("payload", kind="object")
+
+
+def default_payload(context: dict[str, Any]) -> dict[str, Any]:
+    """Without a payload: the event and the entity's row, old and new."""
+    event = context.get("event", {})
+    entity = event.get("entity")
+    return {"event": dict(event), "entity": context.get(entity) if entity else None,
+            "old": context.get("old"), "new": context.get("new")}
+
+
+@register
+class Webhook(Action):
+    name = "webhook"
+    actor = "webhook"
+    params = (URL, PAYLOAD)
+
+    def check(self, config: dict[str, Any], field: str) -> None:  # type: ignore[override]
+        url = str(config["url"])
+        if "{{" not in url and urlsplit(url).scheme not in ("http", "https"):
+            raise WorkflowValidationError(f"{field}.url", "must be an http or https URL")
+
+    async def execute(self, run: StepRun) -> Done:
+        url = require(run.render(URL), "webhook url")
+        raw = run.param(PAYLOAD)
+        payload = run.render_object(raw, "payload") if raw is not None else default_payload(run.context)
+        run.rendered["payload"] = payload
+        body = json.dumps(payload, default=str, sort_keys=True)
+
+        async def send(message: OutboundMessage) -> ProviderResult:
+            return await deliver_webhook(url, payload, settings=run.settings,
+                                         idempotency_key=message.idempotency_key)
+
+        message = OutboundMessage("webhook", url, body, run.idempotency_key)
+        return await deliver(run, message, "webhook", send)

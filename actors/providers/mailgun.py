@@ -1,0 +1,31 @@
+"""Email through the Mailgun HTTP API; the idempotency key rides along as a
+custom variable (and header) so a delivery can be reconciled later."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from actors.providers.base import OutboundMessage, ProviderResult
+from actors.providers.http import HttpProvider, request
+
+
+class MailgunProvider(HttpProvider):
+    name = "mailgun"
+
+    async def send(self, message: OutboundMessage) -> ProviderResult:
+        form = {
+            "from": self.settings.email_from, "to": message.recipient,
+            "subject": message.subject or "", "text": message.body,
+            "v:herald_idempotency_key": message.idempotency_key,
+            "h:X-Herald-Idempotency-Key": message.idempotency_key,
+        }
+        if message.html_body:
+            form["html"] = message.html_body
+        _, body = await request(
+            self.session, "POST",
+            f"{self.settings.mailgun_base_url.rstrip('/')}/v3/{self.settings.mailgun_domain}/messages",
+            provider="mailgun", settings=self.settings, data=form,
+            auth=aiohttp.BasicAuth("api", self.settings.mailgun_api_key),
+        )
+        message_id = body.get("id") if isinstance(body, dict) else None
+        return ProviderResult("sent", message_id, {"provider": "mailgun", "id": message_id})

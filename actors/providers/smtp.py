@@ -1,0 +1,70 @@
+"""Email over SMTP (aiosmtplib): plain text with an optional HTML alternative.
+
+The Message-ID is derived from the idempotency key, so a relay that
+deduplicates by Message-ID sees a resend as the same message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from email.message import EmailMessage
+from email.utils import formatdate
+
+import aiosmtplib
+
+from actors.providers.base import OutboundMessage, ProviderResult
+from config.errors import DeliveryUnknownError, StepError
+from config.settings import Settings
+
+
+def _message_id(idempotency_key: str, sender: str) -> str:
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+    domain = sender.rsplit("@", 1)[-1].strip("> ") or "herald.local"
+    return f"<{digest}@{domain}>"
+
+
+class SmtpProvider:
+    name = "smtp"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def compose(self, message: OutboundMessage) -> EmailMessage:
+        mail = EmailMessage()
+        mail["From"] = self.settings.email_from
+        mail["To"] = message.recipient
+        mail["Subject"] = message.subject or ""
+        mail["Date"] = formatdate(localtime=False)
+        mail["Message-ID"] = _message_id(message.idempotency_key, self.settings.email_from)
+        mail["X-Herald-Idempotency-Key"] = message.idempotency_key
+        mail.set_content(message.body)
+        if message.html_body:
+            mail.add_alternative(message.html_body, subtype="html")
+        return mail
+
+    async def send(self, message: OutboundMessage) -> ProviderResult:
+        settings = self.settings
+        mail = self.compose(message)
+        try:
+            await aiosmtplib.send(
+                mail, hostname=settings.smtp_host, port=settings.smtp_port,
+                username=settings.smtp_username or None, password=settings.smtp_password or None,
+                use_tls=settings.smtp_tls, start_tls=settings.smtp_starttls or None,
+                timeout=settings.http_timeout_s,
+            )
+        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError, OSError) as exc:
+            raise StepError(f"SMTP server {settings.smtp_host}:{settings.smtp_port} unreachable"
+                            f" ({type(exc).__name__}); will retry", permanent=False) from None
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0]
+            raise StepError(f"SMTP server refused {message.recipient}: {refusal.code} {refusal.message}",
+                            permanent=refusal.code >= 500) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise StepError(f"SMTP server answered {exc.code}: {exc.message}",
+                            permanent=exc.code >= 500) from None
+        except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected) as exc:
+            raise DeliveryUnknownError(
+                f"SMTP server stopped answering mid-delivery ({type(exc).__name__}); the message may"
+                " or may not have been accepted"
+            ) from None
+        return ProviderResult("sent", mail["Message-ID"], {"provider": "smtp", "id": mail["Message-ID"]})

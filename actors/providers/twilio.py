@@ -1,0 +1,25 @@
+"""SMS through Twilio's Messages API, with its idempotency token header."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from actors.providers.base import OutboundMessage, ProviderResult
+from actors.providers.http import HttpProvider, request
+
+
+class TwilioProvider(HttpProvider):
+    name = "twilio"
+
+    async def send(self, message: OutboundMessage) -> ProviderResult:
+        sid = self.settings.twilio_account_sid
+        _, body = await request(
+            self.session, "POST",
+            f"{self.settings.twilio_base_url.rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json",
+            provider="twilio", settings=self.settings,
+            data={"From": self.settings.sms_from, "To": message.recipient, "Body": message.body},
+            auth=aiohttp.BasicAuth(sid, self.settings.twilio_auth_token),
+            headers={"I-Twilio-Idempotency-Token": message.idempotency_key},
+        )
+        message_id = body.get("sid") if isinstance(body, dict) else None
+        return ProviderResult("sent", message_id, {"provider": "twilio", "id": message_id})

@@ -1,0 +1,54 @@
+"""Signed webhook POSTs on their own session, whose resolver vets every address.
+
+Signature: ``X-Herald-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">``
+with HERALD_WEBHOOK_SIGNING_SECRET; receivers recompute it and reject old ``t``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from actors.lazy import PerProcess
+from actors.netguard import check_url, resolver_kwargs
+from actors.providers.base import ProviderResult
+from actors.providers.http import request
+from config.settings import Settings
+
+_sessions: dict[bool, PerProcess[aiohttp.ClientSession]] = {}
+
+
+async def _webhook_session(settings: Settings) -> aiohttp.ClientSession:
+    """A session whose resolver applies this process's private-address rule."""
+    allow = settings.webhook_allow_private
+
+    async def build() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(**resolver_kwargs(settings)))
+
+    return await _sessions.setdefault(allow, PerProcess(build)).get()
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+async def deliver_webhook(
+    url: str, payload: dict[str, Any], *, settings: Settings, idempotency_key: str
+) -> ProviderResult:
+    host = check_url(url, settings)
+    body = json.dumps(payload, default=str, sort_keys=True).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "Herald",
+               "X-Herald-Idempotency-Key": idempotency_key}
+    if settings.webhook_signing_secret:
+        headers["X-Herald-Signature"] = signature(settings.webhook_signing_secret, int(time.time()), body)
+    status, answer = await request(
+        await _webhook_session(settings), "POST", url, provider=f"webhook {host}", settings=settings,
+        data=body, headers=headers, allow_redirects=False,
+    )
+    return ProviderResult("sent", None, {"status": status, "answer": answer if isinstance(answer, dict) else None})
