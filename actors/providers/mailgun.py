@@ -25,7 +25,7 @@ class MailgunProvider(HttpProvider):
             self.session, "POST",
             f"{self.settings.mailgun_base_url.rstrip('/')}/v3/{self.settings.mailgun_domain}/messages",
             provider="mailgun", settings=self.settings, data=form,
-            auth=aiohttp.BasicAuth("api", self.settings.mailgun_api_key),
+            headers={"Authorization": aiohttp.encode_basic_auth("api", self.settings.mailgun_api_key)},
         )
         message_id = body.get("id") if isinstance(body, dict) else None
         return ProviderResult("sent", message_id, {"provider": "mailgun", "id": message_id})

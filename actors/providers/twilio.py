@@ -18,8 +18,8 @@ class TwilioProvider(HttpProvider):
             f"{self.settings.twilio_base_url.rstrip('/')}/2010-04-01/Accounts/{sid}/Messages.json",
             provider="twilio", settings=self.settings,
             data={"From": self.settings.sms_from, "To": message.recipient, "Body": message.body},
-            auth=aiohttp.BasicAuth(sid, self.settings.twilio_auth_token),
-            headers={"I-Twilio-Idempotency-Token": message.idempotency_key},
+            headers={"Authorization": aiohttp.encode_basic_auth(sid, self.settings.twilio_auth_token),
+                     "I-Twilio-Idempotency-Token": message.idempotency_key},
         )
         message_id = body.get("sid") if isinstance(body, dict) else None
         return ProviderResult("sent", message_id, {"provider": "twilio", "id": message_id})

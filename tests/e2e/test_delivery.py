@@ -1,0 +1,185 @@
+"""Messages through real providers' protocols, via the real daemon and worker:
+SMTP and Telnyx fakes that record what they got, and how each failure is handled."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from config.database import connection
+from config.embedded_layout import EmbeddedLayout
+from config.settings import Settings
+from daemon.demo import load_demo
+from daemon.workflows import import_workflow
+from tests.conftest import fresh_database, wait_until
+from tests.e2e.conftest import Processes
+from tests.fakes import Answer, FakeHTTPServer, FakeSMTPServer
+
+SECRET = "webhook-signing-secret"
+_tenants = itertools.count(300)
+
+
+@pytest.fixture(scope="module")
+async def http() -> AsyncIterator[FakeHTTPServer]:
+    async with FakeHTTPServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[FakeSMTPServer]:
+    with FakeSMTPServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def db(template_database: str, layout: EmbeddedLayout) -> AsyncIterator[str]:
+    async with fresh_database(layout) as url:
+        async with connection(url) as conn:
+            await load_demo(conn)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def herald(db: str, layout: EmbeddedLayout, http: FakeHTTPServer, smtp: FakeSMTPServer,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    env = Settings(database_url=db, redis_url=layout.redis_url, embedded=False).child_env() | {
+        "HERALD_SWEEP_INTERVAL": "0.5", "HERALD_LEASE": "3", "HERALD_LOG_FORMAT": "json",
+        "HERALD_EMAIL_PROVIDER": "smtp", "HERALD_SMTP_HOST": "127.0.0.1", "HERALD_SMTP_PORT": str(smtp.port),
+        "HERALD_EMAIL_FROM": "Northwind <office@northwind.example>",
+        "HERALD_SMS_PROVIDER": "telnyx", "HERALD_TELNYX_BASE_URL": http.url,
+        "HERALD_TELNYX_API_KEY": "telnyx-key", "HERALD_SMS_FROM": "+15550000000",
+        "HERALD_HTTP_TIMEOUT": "1", "HERALD_WEBHOOK_SIGNING_SECRET": SECRET,
+        "HERALD_WEBHOOK_ALLOW_PRIVATE": "true",
+    }
+    processes = Processes(env, tmp_path_factory.mktemp("delivery"))
+    processes.start("daemon", "daemon")
+    processes.start("worker", "worker")
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
+
+
+@pytest.fixture
+async def conn(db: str, herald: Processes) -> AsyncIterator[asyncpg.Connection]:
+    async with connection(db) as conn:
+        yield conn
+
+
+async def complete_a_job(conn: asyncpg.Connection, steps: list[dict[str, Any]]) -> tuple[str, asyncpg.Record]:
+    """A fresh tenant whose job completes under a workflow of ``steps``; its finished run."""
+    tenant = str(next(_tenants))
+    await import_workflow(conn, tenant, {
+        "name": "delivery", "trigger_type": "job_completed", "retry": {"base_delay_s": 0.2},
+        "steps": steps})
+    await conn.execute("INSERT INTO organizations (id, name) VALUES ($1::text::bigint, 'Org')", tenant)
+    client = await conn.fetchval(
+        "INSERT INTO clients (organization_id, first_name, last_name, email, phone) VALUES"
+        " ($1::text::bigint, 'Maria', 'Lopez', 'maria@example.com', '+1 555 010 1001') RETURNING id", tenant)
+    job = await conn.fetchval("INSERT INTO jobs (organization_id, client_id, title, status) VALUES"
+                              " ($1::text::bigint, $2, 'Fix sink', 'in_progress') RETURNING id", tenant, client)
+    await conn.execute("UPDATE jobs SET status = 'completed' WHERE id = $1", job)
+
+    async def finished() -> asyncpg.Record | None:
+        return await conn.fetchrow("SELECT * FROM herald.runs WHERE tenant_id = $1"
+                                   " AND status NOT IN ('pending', 'running')", tenant)
+
+    return tenant, await wait_until(finished, timeout=30, message="the run to finish")
+
+
+SMS_STEP = {"id": "sms", "type": "action",
+            "config": {"actionType": "sms", "message": "{{job.title}} done", "recipient": "{{client.phone}}"}}
+
+
+async def steps_of(conn: asyncpg.Connection, run_id: int) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM herald.steps WHERE run_id = $1 ORDER BY position", run_id)
+
+
+async def test_email_goes_out_over_smtp(conn: asyncpg.Connection, smtp: FakeSMTPServer) -> None:
+    before = len(smtp.messages)
+    _, run = await complete_a_job(conn, [{"id": "mail", "type": "action", "config": {
+        "actionType": "email", "recipient": "{{client.email}}", "subject": "{{job.title}} is done",
+        "message": "Dear {{client.firstName}}", "html": "<p>Dear {{client.firstName}}</p>"}}])
+    assert run["status"] == "completed", run["error"]
+    [mail] = smtp.messages[before:]
+    assert (mail["To"], mail["Subject"]) == ("maria@example.com", "Fix sink is done")
+    [step] = await steps_of(conn, run["id"])
+    assert step["provider_response"]["id"] == mail["Message-ID"]
+
+
+async def test_a_500_then_200_is_delivered_once_after_a_retry(conn: asyncpg.Connection, http: FakeHTTPServer) -> None:
+    http.answer("/v2/messages", Answer(500, {"message": "try again"}), Answer(200, {"data": {"id": "m-1"}}))
+    before = len(http.on("/v2/messages"))
+    tenant, run = await complete_a_job(conn, [SMS_STEP])
+    assert run["status"] == "completed", run["error"]
+    calls = http.on("/v2/messages")[before:]
+    assert len(calls) == 2 and calls[0].headers["Idempotency-Key"] == calls[1].headers["Idempotency-Key"]
+    assert calls[1].json()["to"] == "+15550101001"
+    [step] = await steps_of(conn, run["id"])
+    assert step["attempts"] == 2 and step["status"] == "sent"
+    assert await conn.fetchval("SELECT count(*) FROM herald.messages WHERE tenant_id = $1", tenant) == 1
+
+
+async def test_a_429_waits_for_retry_after_without_spending_the_budget(
+    conn: asyncpg.Connection, http: FakeHTTPServer
+) -> None:
+    http.answer("/v2/messages", Answer(429, headers={"Retry-After": "2"}), Answer(200, {"data": {"id": "m-2"}}))
+    before = len(http.on("/v2/messages"))
+    _, run = await complete_a_job(conn, [SMS_STEP])
+    assert run["status"] == "completed", run["error"]
+    [step] = await steps_of(conn, run["id"])
+    assert step["attempts"] == 1  # the rate-limit wait was not an attempt
+    first, second = http.on("/v2/messages")[before:]
+    waited = await conn.fetchval(
+        "SELECT extract(epoch FROM completed_at - started_at) FROM herald.steps WHERE id = $1", step["id"])
+    assert waited >= 2
+
+
+async def test_a_400_fails_at_once_without_retrying(conn: asyncpg.Connection, http: FakeHTTPServer) -> None:
+    http.answer("/v2/messages", Answer(400, {"message": "to: not a mobile number"}))
+    before = len(http.on("/v2/messages"))
+    _, run = await complete_a_job(conn, [SMS_STEP])
+    assert run["status"] == "failed"
+    assert "telnyx answered 400: to: not a mobile number" in run["error"]
+    assert len(http.on("/v2/messages")) - before == 1
+    assert "telnyx-key" not in run["error"]
+
+
+async def test_no_answer_after_sending_parks_the_step_and_never_resends(
+    conn: asyncpg.Connection, http: FakeHTTPServer
+) -> None:
+    http.answer("/v2/messages", Answer(200, {"data": {"id": "late"}}, delay_s=3))
+    before = len(http.on("/v2/messages"))
+    tenant, run = await complete_a_job(conn, [SMS_STEP])
+    assert run["status"] == "failed" and "parked for a person" in run["error"]
+    [step] = await steps_of(conn, run["id"])
+    assert step["status"] == "unknown"
+    assert await conn.fetchval("SELECT status FROM herald.messages WHERE tenant_id = $1", tenant) == "unknown"
+    assert len(http.on("/v2/messages")) - before == 1
+
+
+async def test_an_invalid_phone_fails_with_a_reason_and_calls_nobody(
+    conn: asyncpg.Connection, http: FakeHTTPServer
+) -> None:
+    before = len(http.requests)
+    _, run = await complete_a_job(conn, [{"id": "sms", "type": "action", "config": {
+        "actionType": "sms", "message": "hi", "recipient": "{{client.lastName}}"}}])
+    assert run["status"] == "failed" and "invalid phone number 'Lopez'" in run["error"]
+    assert len(http.requests) == before
+
+
+async def test_webhook_is_posted_signed(conn: asyncpg.Connection, http: FakeHTTPServer) -> None:
+    _, run = await complete_a_job(conn, [{"id": "hook", "type": "action", "config": {
+        "actionType": "webhook", "url": http.url + "/hooks/{{job.id}}",
+        "payload": {"job": "{{job.title}}", "client": "{{client.email}}"}}}])
+    assert run["status"] == "completed", run["error"]
+    [call] = [r for r in http.requests if r.path.startswith("/hooks/")][-1:]
+    assert call.json() == {"job": "Fix sink", "client": "maria@example.com"}
+    stamp, signature = (p.split("=", 1)[1] for p in call.headers["X-Herald-Signature"].split(","))
+    assert signature == hmac.new(SECRET.encode(), f"{stamp}.".encode() + call.body, hashlib.sha256).hexdigest()

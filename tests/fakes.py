@@ -1,0 +1,121 @@
+"""Fakes at the network edge: an HTTP server and an SMTP server that record what they got.
+
+Both run on 127.0.0.1 in the test's event loop. Responses are programmable
+per path: a queue of answers (the last one repeats), optionally delayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import unused_port
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope, Session
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    form: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0  # longer than the client's timeout: "took the request, never answered"
+
+
+class FakeHTTPServer:
+    """``async with FakeHTTPServer() as server: server.answer("/v2/messages", Answer(500), Answer(200))``"""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.received = asyncio.Condition()
+        self._answers: dict[str, deque[Answer]] = defaultdict(lambda: deque([Answer(200, {})]))
+        self._runner: web.AppRunner | None = None
+        self.port = unused_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def answer(self, path: str, *answers: Answer) -> None:
+        self._answers[path] = deque(answers)
+
+    def on(self, path: str) -> list[Recorded]:
+        return [r for r in self.requests if r.path == path]
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        form = {}
+        if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            form = {k: str(v) for k, v in (await request.post()).items()}
+        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body, form))
+        async with self.received:
+            self.received.notify_all()
+        queue = self._answers[request.path]
+        answer = queue.popleft() if len(queue) > 1 else queue[0]
+        if answer.delay_s:
+            await asyncio.sleep(answer.delay_s)  # the fake is slow on purpose
+        return web.json_response(answer.json if answer.json is not None else {}, status=answer.status,
+                                 headers=answer.headers)
+
+    async def __aenter__(self) -> FakeHTTPServer:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+class _Handler:
+    def __init__(self, server: FakeSMTPServer) -> None:
+        self.server = server
+
+    async def handle_RCPT(self, smtp: Any, session: Session, envelope: Envelope, address: str,
+                          options: list[str]) -> str:
+        if self.server.refuse_with:
+            return self.server.refuse_with
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, smtp: Any, session: Session, envelope: Envelope) -> str:
+        self.server.messages.append(message_from_bytes(envelope.original_content or b""))
+        return "250 Message accepted"
+
+
+class FakeSMTPServer:
+    """An aiosmtpd server on 127.0.0.1; ``refuse_with = "550 no such user"`` refuses recipients."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.refuse_with: str | None = None
+        self.port = unused_port()
+        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> FakeSMTPServer:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
