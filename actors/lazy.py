@@ -23,3 +23,7 @@ class PerProcess(Generic[T]):
                 if self._value is None:
                     self._value = await self._factory()
         return self._value
+
+    def peek(self) -> T | None:
+        """The resource if it was built, without building it."""
+        return self._value

@@ -33,6 +33,15 @@ async def _webhook_session(settings: Settings) -> aiohttp.ClientSession:
     return await _sessions.setdefault(allow, PerProcess(build)).get()
 
 
+async def close_sessions() -> None:
+    """Close the webhook sessions this process opened."""
+    for holder in _sessions.values():
+        session = holder.peek()
+        if session is not None:
+            await session.close()
+    _sessions.clear()
+
+
 def signature(secret: str, timestamp: int, body: bytes) -> str:
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"

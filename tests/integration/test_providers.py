@@ -17,7 +17,7 @@ from actors.providers.mailgun import MailgunProvider
 from actors.providers.smtp import SmtpProvider
 from actors.providers.telnyx import TelnyxProvider
 from actors.providers.twilio import TwilioProvider
-from actors.providers.webhook import deliver_webhook
+from actors.providers.webhook import close_sessions, deliver_webhook
 from actors.recipients import validate_email, validate_phone
 from config.errors import DeliveryUnknownError, HeraldConfigError, StepError
 from config.settings import Settings
@@ -39,6 +39,12 @@ def settings_for(url: str, **extra: str) -> Settings:
 SMS = OutboundMessage("sms", "+15550101001", "Job done", "wf:1:step-2")
 EMAIL = OutboundMessage("email", "maria@example.com", "Dear Maria", "wf:1:step-1", subject="Done",
                         html_body="<p>Dear Maria</p>")
+
+
+@pytest.fixture(autouse=True, scope="module")
+async def _close_webhook_sessions() -> AsyncIterator[None]:
+    yield
+    await close_sessions()
 
 
 @pytest.fixture
