@@ -84,8 +84,18 @@ FROM due WHERE s.id = due.id
 RETURNING s.id, s.action
 """
 
-# A step still "sending" after its lease: its worker died mid-call. Whether the
-# provider got the message is unknown, so it is parked for a person, never resent.
+# A step still "sending" after its lease: its worker died mid-call. If its
+# provider deduplicates by idempotency key ($2: those actions) it is sent again
+# with the same key; otherwise whether the provider got it is unknown, so it is
+# parked for a person, never resent blindly.
+RESEND_STUCK_STEPS = """
+UPDATE herald.steps s
+SET status = 'pending', updated_at = clock_timestamp()
+WHERE s.status = 'sending' AND s.updated_at < clock_timestamp() - make_interval(secs => $1)
+  AND s.action = ANY($2::text[])
+RETURNING s.id, s.action
+"""
+
 PARK_UNKNOWN_STEPS = """
 WITH stuck AS (
     UPDATE herald.steps s
@@ -93,6 +103,7 @@ WITH stuck AS (
         error = 'the worker stopped while handing the message to the provider;'
                 || ' check with the provider before retrying'
     WHERE s.status = 'sending' AND s.updated_at < clock_timestamp() - make_interval(secs => $1)
+      AND NOT s.action = ANY($2::text[])
     RETURNING s.run_id, s.position, s.step_key, s.action
 )
 UPDATE herald.runs r

@@ -16,6 +16,7 @@ import structlog
 
 import actors  # noqa: F401  (sets up the broker and declares the actors)
 from actors.actions import ACTIONS
+from actors.providers import resend_safe_channels
 from config.database import create_pool
 from config.settings import Settings
 from daemon.dispatcher import Dispatcher
@@ -42,7 +43,8 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
             batch_size=settings.dispatch_batch_size, idle_s=settings.sweep_interval_s,
         )
         sweeper = Sweeper(pool, _send_to, lease_s=settings.lease_s, interval_s=settings.sweep_interval_s,
-                          actor_of=lambda action: ACTIONS[action].actor)
+                          actor_of=lambda action: ACTIONS[action].actor,
+                          resend_safe=resend_safe_channels(settings))
         heartbeat = Heartbeat(pool, interval_s=settings.heartbeat_interval_s)
         tasks = [
             asyncio.create_task(listen(settings.database_url, dispatcher.wake, stop), name="listener"),

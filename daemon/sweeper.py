@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import structlog
@@ -27,11 +27,12 @@ class Sweeper:
 
     def __init__(
         self, pool: asyncpg.Pool, send_to: SendTo, *, lease_s: float, interval_s: float,
-        actor_of: Callable[[str], str] = lambda action: action,
+        actor_of: Callable[[str], str] = lambda action: action, resend_safe: Sequence[str] = (),
     ) -> None:
         self.pool = pool
         self.send_to = send_to
         self.actor_of = actor_of
+        self.resend_safe = list(resend_safe)
         self.lease_s = lease_s
         self.interval_s = interval_s
 
@@ -63,7 +64,10 @@ class Sweeper:
         due = await self.pool.fetch(outbox.DUE_STEPS, SWEEP_BATCH)
         self._send_steps(due)
         counts["due"] = len(due)
-        parked = await self.pool.fetch(outbox.PARK_UNKNOWN_STEPS, self.lease_s)
+        resent = await self.pool.fetch(outbox.RESEND_STUCK_STEPS, self.lease_s, self.resend_safe)
+        self._send_steps(resent)
+        counts["resent"] = len(resent)
+        parked = await self.pool.fetch(outbox.PARK_UNKNOWN_STEPS, self.lease_s, self.resend_safe)
         counts["parked"] = len(parked)
         if any(counts.values()):
             log.info("sweep resent lost work", **counts)

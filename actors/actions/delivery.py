@@ -33,6 +33,13 @@ RETURNING id
 
 EXISTING = "SELECT id, status, provider_message_id FROM herald.messages WHERE idempotency_key = $1"
 
+# The provider deduplicates by key: an attempt of unknown outcome may be repeated.
+RESEND_UNKNOWN = """
+UPDATE herald.messages SET status = 'sending'
+WHERE idempotency_key = $1 AND status IN ('sending', 'unknown')
+RETURNING id
+"""
+
 SET_STATUS = "UPDATE herald.messages SET status = $2, provider_message_id = coalesce($3, provider_message_id) WHERE id = $1"
 
 DELIVERED = ("sent", "captured")
@@ -40,14 +47,22 @@ DELIVERED = ("sent", "captured")
 Send = Callable[[OutboundMessage], Awaitable[ProviderResult]]
 
 
-async def deliver(run: StepRun, message: OutboundMessage, provider_name: str, send: Send) -> Done:
-    """Record ``message`` and send it once; the step's outcome follows the provider's answer."""
+async def deliver(
+    run: StepRun, message: OutboundMessage, provider_name: str, send: Send, *, idempotent: bool = False
+) -> Done:
+    """Record ``message`` and send it once; the step's outcome follows the provider's answer.
+
+    ``idempotent``: the provider deduplicates by the key, so an earlier attempt
+    of unknown outcome is repeated (with the same key) rather than parked.
+    """
     conn = run.conn
     step = run.step
     message_id = await conn.fetchval(
         INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel, provider_name,
         message.idempotency_key, message.recipient, message.subject, message.body, message.html_body,
     ) or await conn.fetchval(RETRY_MESSAGE, message.idempotency_key)
+    if message_id is None and idempotent:
+        message_id = await conn.fetchval(RESEND_UNKNOWN, message.idempotency_key)
     if message_id is None:
         existing = await conn.fetchrow(EXISTING, message.idempotency_key)
         if existing["status"] in DELIVERED:

@@ -24,7 +24,11 @@ class ProviderResult:
 
 
 class Provider(Protocol):
+    """``idempotent``: the provider itself deduplicates by our idempotency key,
+    so a message whose outcome is unknown may safely be sent again."""
+
     name: str
+    idempotent: bool
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
         """Deliver ``message``; raise StepError (transient or permanent) or

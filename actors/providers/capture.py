@@ -10,6 +10,7 @@ from actors.providers.base import OutboundMessage, ProviderResult
 
 class CaptureProvider:
     name = "capture"
+    idempotent = True  # the stored row is the delivery
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
         # The message row written before the call is the capture itself.

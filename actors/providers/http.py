@@ -105,6 +105,7 @@ class HttpProvider:
     """Base of the providers that speak HTTP through the process's shared session."""
 
     name: str
+    idempotent: bool
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
         self.settings = settings

@@ -11,6 +11,7 @@ from actors.providers.http import HttpProvider, request
 
 class MailgunProvider(HttpProvider):
     name = "mailgun"
+    idempotent = False  # the key is only recorded, for reconciliation by a person
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
         form = {

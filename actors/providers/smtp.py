@@ -25,6 +25,7 @@ def _message_id(idempotency_key: str, sender: str) -> str:
 
 class SmtpProvider:
     name = "smtp"
+    idempotent = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

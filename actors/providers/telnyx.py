@@ -8,6 +8,7 @@ from actors.providers.http import HttpProvider, request
 
 class TelnyxProvider(HttpProvider):
     name = "telnyx"
+    idempotent = True  # honours Idempotency-Key
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
         _, body = await request(

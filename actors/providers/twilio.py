@@ -10,6 +10,7 @@ from actors.providers.http import HttpProvider, request
 
 class TwilioProvider(HttpProvider):
     name = "twilio"
+    idempotent = True  # honours I-Twilio-Idempotency-Token
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
         sid = self.settings.twilio_account_sid

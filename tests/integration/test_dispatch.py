@@ -68,8 +68,9 @@ async def test_sweeper_resends_lost_messages_after_the_lease(
     assert await conn.fetchval("SELECT max(dispatch_count) FROM herald.events") == 2
 
 
-async def test_sweeper_parks_a_step_stuck_sending_and_resends_a_pending_one(
-    conn: asyncpg.Connection, pool: asyncpg.Pool
+@pytest.mark.parametrize("idempotent_provider", [False, True])
+async def test_sweeper_handles_a_step_stuck_sending_and_resends_a_pending_one(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, idempotent_provider: bool
 ) -> None:
     await load_demo(conn)
     await conn.execute("UPDATE jobs SET status = 'completed' WHERE id IN (1, 2)")
@@ -87,9 +88,19 @@ async def test_sweeper_parks_a_step_stuck_sending_and_resends_a_pending_one(
             " updated_at) VALUES ($1, '1', 0, 'step-1', 'email', '{}', $2, now() - interval '1 hour')"
             " RETURNING id", run_id, status)
     resent: list[tuple[str, list[int]]] = []
-    counts = await Sweeper(pool, lambda a, i: resent.append((a, i)), lease_s=30, interval_s=1).sweep()
-    assert counts["parked"] == 1 and counts["steps"] == 1
-    assert resent == [("email", [step_ids[waiting]])]
+    sweeper = Sweeper(pool, lambda a, i: resent.append((a, i)), lease_s=30, interval_s=1,
+                      resend_safe=["email"] if idempotent_provider else [])
+    counts = await sweeper.sweep()
+    assert counts["steps"] == 1
     run = await conn.fetchrow("SELECT status, error FROM herald.runs WHERE id = $1", stuck)
-    assert run["status"] == "failed" and "outcome unknown" in run["error"]
-    assert await conn.fetchval("SELECT status FROM herald.steps WHERE id = $1", step_ids[stuck]) == "unknown"
+    stuck_status = await conn.fetchval("SELECT status FROM herald.steps WHERE id = $1", step_ids[stuck])
+    if idempotent_provider:
+        # The provider deduplicates by key: send it again rather than bother a person.
+        assert counts["resent"] == 1 and counts["parked"] == 0
+        assert sorted(resent) == [("email", [step_ids[stuck]]), ("email", [step_ids[waiting]])]
+        assert (run["status"], stuck_status) == ("running", "pending")
+    else:
+        assert counts["parked"] == 1 and counts["resent"] == 0
+        assert resent == [("email", [step_ids[waiting]])]
+        assert run["status"] == "failed" and "outcome unknown" in run["error"]
+        assert stuck_status == "unknown"
