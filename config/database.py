@@ -21,6 +21,11 @@ from config.settings import redact_url
 
 log = structlog.get_logger(__name__)
 
+# What a lost or restarting database looks like to a caller that should wait and try again.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresError, asyncpg.InterfaceError, OSError, HeraldDatabaseError,
+)
+
 MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # Serialises concurrent `herald migrate` runs against one database.
 MIGRATION_LOCK_ID = 0x4845_5241  # "HERA"

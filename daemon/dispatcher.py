@@ -8,6 +8,8 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
+from config.database import DATABASE_ERRORS
+
 from daemon import outbox
 
 log = structlog.get_logger(__name__)
@@ -42,7 +44,7 @@ class Dispatcher:
                     break
                 try:
                     await self.drain()
-                except (asyncpg.PostgresError, OSError) as exc:
+                except DATABASE_ERRORS as exc:
                     log.warning("dispatch failed; will try again", error=str(exc))
         finally:
             stopping.cancel()

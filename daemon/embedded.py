@@ -18,6 +18,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -176,6 +177,10 @@ class EmbeddedServers:
             self._started_postgres = False
             log.info("embedded postgresql stopped")
 
+    def restart_postgres(self) -> None:
+        """Restart the PostgreSQL server this object started (fast shutdown: sessions end)."""
+        self._pg_ctl(["restart", "-m", "fast", "-w", "-l", str(self.pgdata / "server.log")])
+
     def _prepare_socket_dir(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self.socket_dir.chmod(0o700)
@@ -192,16 +197,19 @@ class EmbeddedServers:
 
     def _pg_ctl(self, args: list[str]) -> None:
         run_as = self._postgres_user()
-        result = subprocess.run(
-            [str(postgres_bin("pg_ctl")), "-D", str(self.pgdata), *args],
-            capture_output=True,
-            text=True,
-            **run_as.kwargs(),  # type: ignore[arg-type]
-        )
+        # Files, not pipes: a server started by pg_ctl inherits them, and a pipe
+        # would keep the call waiting for an end-of-file that never comes.
+        with tempfile.TemporaryFile("w+") as out:
+            result = subprocess.run(
+                [str(postgres_bin("pg_ctl")), "-D", str(self.pgdata), *args],
+                stdout=out, stderr=subprocess.STDOUT, text=True,
+                **run_as.kwargs(),  # type: ignore[arg-type]
+            )
+            out.seek(0)
+            output = out.read().strip()
         if result.returncode != 0:
             raise EmbeddedServerError(
-                f"pg_ctl {args[0]} failed: {result.stderr.strip() or result.stdout.strip()}"
-                f" (server log: {self.pgdata / 'server.log'})"
+                f"pg_ctl {args[0]} failed: {output} (server log: {self.pgdata / 'server.log'})"
             )
 
     def _start_postgres(self) -> None:

@@ -11,6 +11,8 @@ import uuid
 import asyncpg
 import structlog
 
+from config.database import DATABASE_ERRORS
+
 from daemon import outbox
 
 log = structlog.get_logger(__name__)
@@ -32,7 +34,7 @@ class Heartbeat:
         while not stop.is_set():
             try:
                 await self.beat()
-            except (asyncpg.PostgresError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("heartbeat failed", error=str(exc))
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
@@ -40,5 +42,5 @@ class Heartbeat:
                 pass
         try:
             await self.pool.execute(outbox.HEARTBEAT_STOPPED, self.instance)
-        except (asyncpg.PostgresError, OSError):
+        except DATABASE_ERRORS:
             pass

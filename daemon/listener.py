@@ -12,8 +12,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from config.database import connect
-from config.errors import HeraldDatabaseError
+from config.database import DATABASE_ERRORS, connect
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +39,7 @@ async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> Non
                 await _wait_any(stop, lost, timeout=KEEPALIVE_S)
                 if not stop.is_set() and not lost.is_set():
                     await conn.execute("SELECT 1")  # keepalive: finds a dead link
-        except (HeraldDatabaseError, asyncpg.PostgresError, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             log.warning("listen connection lost", error=str(exc), retry_in_s=backoff)
         finally:
             if conn is not None and not conn.is_closed():

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import structlog
 
+from config.database import DATABASE_ERRORS
+
 from daemon import outbox
 
 log = structlog.get_logger(__name__)
@@ -40,7 +42,7 @@ class Sweeper:
         while not stop.is_set():
             try:
                 await self.sweep()
-            except (asyncpg.PostgresError, OSError) as exc:
+            except DATABASE_ERRORS as exc:
                 log.warning("sweep failed; will try again", error=str(exc))
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)

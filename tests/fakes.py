@@ -119,3 +119,40 @@ class FakeSMTPServer:
 
     def __exit__(self, *exc: object) -> None:
         self._controller.stop()
+
+
+class FakeTelnyx:
+    """A Telnyx messages endpoint that, like the real one, delivers each
+    Idempotency-Key once. ``delivered`` maps key -> text; ``replays`` counts
+    requests that repeated a key (answered, not delivered again)."""
+
+    def __init__(self) -> None:
+        self.delivered: dict[str, str] = {}
+        self.replays = 0
+        self.port = unused_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        key = request.headers["Idempotency-Key"]
+        body = await request.json()
+        if key in self.delivered:
+            self.replays += 1
+        else:
+            self.delivered[key] = body["text"]
+        return web.json_response({"data": {"id": f"msg-{key}"}})
+
+    async def __aenter__(self) -> FakeTelnyx:
+        app = web.Application()
+        app.router.add_post("/v2/messages", self._messages)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
