@@ -1,9 +1,15 @@
-"""Entity triggers: which captured events a workflow's trigger name covers.
+"""Triggers: which events a workflow's trigger name covers.
 
-Names from the systems Herald replaces work as written:
+Entity triggers, with the names of the systems Herald replaces:
 ``job_created``, ``job_updated``, ``job_deleted``, ``job_status_changed``
 (any ``<entity>_<field>_changed``), ``job_completed`` (status became
 completed) and the CRM form ``crm/appointment.created``.
+
+Time triggers take a ``trigger_config`` and are fired by the daemon's
+scheduler: ``invoice_overdue``, ``client_inactive`` and ``cron``.
+
+Any trigger can also be fired by hand (``herald trigger``): a manual event
+runs the workflows whose trigger has exactly its name.
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
 
 from config.errors import WorkflowValidationError
 
@@ -32,9 +41,22 @@ class Trigger:
     operation: str  # INSERT, UPDATE or DELETE
     field: str | None = None  # for "<field> changed"
     to_value: str | None = None  # for "<field> changed to <value>"
+    config: dict[str, Any] | None = None  # for time triggers: their settings, defaults filled in
+
+    @property
+    def scheduled_type(self) -> str | None:
+        """The event type a time trigger's scheduler writes (None for entity triggers)."""
+        return TIME_TRIGGERS[self.name][1] if self.name in TIME_TRIGGERS else None
 
     def explain(self, event: dict[str, Any]) -> str | None:
         """Why ``event`` does not fire this trigger, or None when it does."""
+        if event["operation"] == "MANUAL":
+            return None if event["type"] == self.name else (
+                f"manual event {event['type']} is not trigger {self.name}")
+        if self.scheduled_type is not None or event["operation"] == "SCHEDULED":
+            if event["type"] == self.scheduled_type and event["operation"] == "SCHEDULED":
+                return None
+            return f"trigger {self.name} fires on {self.scheduled_type or 'changes'}, not {event['type']}"
         if event["entity"] != self.entity:
             return f"trigger {self.name} watches {self.entity} events, not {event['entity']}"
         if event["operation"] != self.operation:
@@ -60,6 +82,9 @@ def parse_trigger(name: Any, field: str = "trigger", config: Any = None) -> Trig
     raise :class:`WorkflowValidationError` if either is invalid."""
     if not isinstance(name, str) or not name:
         raise WorkflowValidationError(field, "must be a non-empty string")
+    if name in TIME_TRIGGERS:
+        return Trigger(name, TIME_TRIGGERS[name][0], "SCHEDULED",
+                       config=_time_config(name, config))
     if config is not None:
         raise WorkflowValidationError("trigger_config", f"trigger {name!r} takes no configuration")
     for pattern in (_CRM, _OPERATION):
@@ -78,3 +103,62 @@ def parse_trigger(name: Any, field: str = "trigger", config: Any = None) -> Trig
         "<entity>_<field>_changed, <entity>_completed|cancelled|scheduled "
         "or crm/<entity>.created|updated|deleted",
     )
+
+
+# name -> (entity, event type the scheduler writes)
+TIME_TRIGGERS = {
+    "invoice_overdue": ("invoice", "invoice.overdue"),
+    "client_inactive": ("client", "client.inactive"),
+    "cron": ("schedule", "schedule.cron"),
+}
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "invoice_overdue": {"table": "invoices", "due_column": "due_date", "status_column": "status",
+                        "settled_statuses": ["paid", "void"], "days": 0},
+    "client_inactive": {"table": "clients", "activity_table": "jobs", "activity_foreign_key": "client_id",
+                        "activity_column": "created_at", "created_column": "created_at"},
+    "cron": {"timezone": "UTC"},
+}
+_REQUIRED = {"client_inactive": ("days",), "cron": ("schedule",)}
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+
+
+def _time_config(name: str, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise WorkflowValidationError("trigger_config", "must be an object")
+    config = {**_DEFAULTS[name], **raw}
+    unknown = set(raw) - set(_DEFAULTS[name]) - set(_REQUIRED.get(name, ())) - {"days"}
+    if unknown:
+        raise WorkflowValidationError(f"trigger_config.{sorted(unknown)[0]}", f"not a setting of {name}")
+    for key in _REQUIRED.get(name, ()):
+        if key not in raw:
+            raise WorkflowValidationError(f"trigger_config.{key}", f"{name} needs {key}")
+    if "days" in config:
+        days = config["days"]
+        minimum = 1 if name == "client_inactive" else 0
+        if not isinstance(days, int) or isinstance(days, bool) or days < minimum:
+            raise WorkflowValidationError("trigger_config.days", f"must be a whole number >= {minimum}")
+    for key, value in config.items():
+        if key.endswith(("table", "column", "foreign_key")) and not (
+            isinstance(value, str) and _IDENTIFIER.match(value)
+        ):
+            raise WorkflowValidationError(f"trigger_config.{key}", "must be a table or column name")
+    if name == "invoice_overdue" and not (
+        isinstance(config["settled_statuses"], list) and all(isinstance(v, str) for v in config["settled_statuses"])
+    ):
+        raise WorkflowValidationError("trigger_config.settled_statuses", "must be a list of statuses")
+    if name == "cron":
+        _check_cron(config)
+    return config
+
+
+def _check_cron(config: dict[str, Any]) -> None:
+    schedule = config["schedule"]
+    if not isinstance(schedule, str) or not croniter.is_valid(schedule):
+        raise WorkflowValidationError("trigger_config.schedule", f"{schedule!r} is not a cron expression")
+    try:
+        ZoneInfo(str(config["timezone"]))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise WorkflowValidationError("trigger_config.timezone", f"unknown time zone {config['timezone']!r}") from None

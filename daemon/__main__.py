@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--reason", default="retried from the command line", help="recorded with the retry")
     retry.add_argument("--by", default=_whoami(), help="who is retrying (recorded)")
 
+    trigger = sub.add_parser("trigger", help="fire an event by hand, with a JSON payload as the record")
+    _common(trigger)
+    trigger.add_argument("type", help="a trigger name, e.g. job_completed or crm/appointment.created")
+    trigger.add_argument("--payload", required=True, help="a JSON file: the record the event is about")
+    trigger.add_argument("--tenant", required=True, help="the tenant (organization) id")
+    trigger.add_argument("--workflow", help="run only this workflow (its id)")
+
     psql = sub.add_parser("psql", help="run psql against Herald's database; arguments pass through")
     _common(psql)
     return parser
@@ -254,7 +261,7 @@ def _without_password(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(netloc=netloc)), env
 
 
-def _read_workflow_file(path: str) -> Any:
+def _read_json_file(path: str) -> Any:
     try:
         with open(path) as handle:
             return json.load(handle)
@@ -273,7 +280,7 @@ def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            specs.append((path, parse_workflow(_read_workflow_file(path))))
+            specs.append((path, parse_workflow(_read_json_file(path))))
         except (WorkflowValidationError, HeraldConfigError) as exc:
             print(f"{path}: invalid: {exc}", file=sys.stderr)
             failed += 1
@@ -296,7 +303,7 @@ def _import_workflows(settings: Settings, args: argparse.Namespace, paths: list[
         await _migrate(settings)
         async with connection(settings.database_url) as conn:
             for path in paths:
-                document = _read_workflow_file(path)
+                document = _read_json_file(path)
                 workflow_id = await import_workflow(conn, args.tenant, document)
                 print(f"{path}: imported as {workflow_id} for tenant {args.tenant}")
                 for warning in await template_warnings(conn, parse_workflow(document)):
@@ -360,6 +367,26 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(run())
 
 
+def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
+    from config.database import connection
+    from daemon.embedded import servers_for
+    from daemon.triggering import fire_event
+
+    payload = _read_json_file(args.payload)
+    if not isinstance(payload, dict):
+        raise HeraldConfigError(f"{args.payload}: the payload must be a JSON object")
+
+    async def run() -> int:
+        async with connection(settings.database_url) as conn:
+            return await fire_event(conn, tenant_id=args.tenant, trigger_type=args.type,
+                                    payload=payload, workflow_id=args.workflow)
+
+    with servers_for(settings):
+        event_id = asyncio.run(run())
+    print(f"event {event_id} fired ({args.type}, tenant {args.tenant})")
+    return 0
+
+
 def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.service import run_daemon
 
@@ -401,6 +428,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "dashboard": cmd_dashboard,
     "workflows": cmd_workflows,
     "retry": cmd_retry,
+    "trigger": cmd_trigger,
 }
 
 if __name__ == "__main__":

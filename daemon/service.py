@@ -1,4 +1,4 @@
-"""The daemon process: listener, dispatcher, sweeper and heartbeat on one event loop.
+"""The daemon process: listener, dispatcher, sweeper, scheduler and heartbeat on one event loop.
 
 SIGTERM or SIGINT sets a stop event and the tasks finish what they are doing
 (a claimed batch is sent before the dispatcher stops); a second signal exits
@@ -22,6 +22,7 @@ from config.settings import Settings
 from daemon.dispatcher import Dispatcher
 from daemon.heartbeat import Heartbeat
 from daemon.listener import listen
+from daemon.scheduler import Scheduler
 from daemon.sweeper import Sweeper
 
 log = structlog.get_logger(__name__)
@@ -46,11 +47,13 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
                           actor_of=lambda action: ACTIONS[action].actor,
                           resend_safe=resend_safe_channels(settings))
         heartbeat = Heartbeat(pool, interval_s=settings.heartbeat_interval_s)
+        scheduler = Scheduler(settings.database_url, pool, interval_s=settings.sweep_interval_s)
         tasks = [
             asyncio.create_task(listen(settings.database_url, dispatcher.wake, stop), name="listener"),
             asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
             asyncio.create_task(sweeper.run(stop), name="sweeper"),
             asyncio.create_task(heartbeat.run(stop), name="heartbeat"),
+            asyncio.create_task(scheduler.run(stop), name="scheduler"),
         ]
         log.info("daemon started", instance=heartbeat.instance)
         done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -317,3 +319,44 @@ async def test_the_same_transition_twice_within_the_window_runs_once(conn: async
     assert first["status"] == "completed"
     assert second["status"] == "skipped" and "duplicate: the same change ran this workflow" in second["error"]
     assert await conn.fetchval("SELECT count(*) FROM herald.messages WHERE tenant_id = $1", tenant) == 1
+
+
+async def test_herald_trigger_fires_a_manual_event_with_relations_loaded(
+    conn: asyncpg.Connection, herald: Processes, tmp_path: Any
+) -> None:
+    tenant = str(next(_tenants))
+    await import_workflow(conn, tenant, {"name": "by hand", "trigger_type": "job_completed", "steps": [
+        {"id": "say", "type": "action", "config": {
+            "actionType": "draft_sms", "message": "{{job.title}} for {{client.firstName}}"}}]})
+    job = await new_job(conn, tenant)
+    client = await conn.fetchval("SELECT client_id FROM jobs WHERE id = $1", job)
+    payload = tmp_path / "job.json"
+    payload.write_text(json.dumps({"id": job, "title": "Annual service", "client_id": client}))
+    fired = subprocess.run(
+        [sys.executable, "-m", "daemon", "trigger", "job_completed", "--payload", str(payload),
+         "--tenant", tenant], env=herald.env, capture_output=True, text=True, timeout=60)
+    assert fired.returncode == 0 and "fired (job_completed" in fired.stdout, fired.stderr
+    run = await finished_run(conn, tenant)
+    assert run["status"] == "completed", run["error"]
+    assert await conn.fetchval("SELECT body FROM herald.messages WHERE tenant_id = $1", tenant) == (
+        "Annual service for Lee")
+
+
+async def test_the_daemon_fires_an_overdue_invoice_once(conn: asyncpg.Connection) -> None:
+    tenant = str(next(_tenants))
+    await import_workflow(conn, tenant, {"name": "dunning", "trigger": "invoice_overdue", "actions": [
+        {"type": "draft_email", "args": {
+            "subject": "Invoice {invoice.number} is overdue",
+            "body": "{{ invoice.amount_cents | money('USD', cents=True) }} was due {{ invoice.due_date | date }}"}}]})
+    job = await new_job(conn, tenant)
+    await conn.execute(
+        "INSERT INTO invoices (organization_id, client_id, job_id, number, amount_cents, due_date, status)"
+        " SELECT organization_id, client_id, id, 'INV-' || id, 12550, DATE '2026-01-15', 'sent'"
+        " FROM jobs WHERE id = $1", job)
+    run = await finished_run(conn, tenant)
+    assert run["status"] == "completed", run["error"]
+    draft = await conn.fetchrow("SELECT subject, body, recipient FROM herald.messages WHERE tenant_id = $1", tenant)
+    assert dict(draft) == {"subject": f"Invoice INV-{job} is overdue", "body": "$125.50 was due Jan 15, 2026",
+                           "recipient": "lee@example.com"}
+    assert await conn.fetchval("SELECT count(*) FROM herald.schedule_fires f JOIN herald.workflows w"
+                               " ON w.id = f.workflow_id WHERE w.tenant_id = $1", tenant) == 1
