@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -183,3 +185,28 @@ async def test_webhook_is_posted_signed(conn: asyncpg.Connection, http: FakeHTTP
     assert call.json() == {"job": "Fix sink", "client": "maria@example.com"}
     stamp, signature = (p.split("=", 1)[1] for p in call.headers["X-Herald-Signature"].split(","))
     assert signature == hmac.new(SECRET.encode(), f"{stamp}.".encode() + call.body, hashlib.sha256).hexdigest()
+
+
+async def test_herald_retry_sends_a_failed_run_again(
+    conn: asyncpg.Connection, http: FakeHTTPServer, herald: Processes
+) -> None:
+    http.answer("/v2/messages", Answer(400, {"message": "from-number not provisioned"}))
+    tenant, run = await complete_a_job(conn, [SMS_STEP])
+    assert run["status"] == "failed"
+    http.answer("/v2/messages", Answer(200, {"data": {"id": "m-retried"}}))  # support fixed the number
+    retried = subprocess.run(
+        [sys.executable, "-m", "daemon", "retry", str(run["id"]), "--reason", "number provisioned", "--by", "ana"],
+        env=herald.env, capture_output=True, text=True, timeout=60)
+    assert retried.returncode == 0 and "retrying" in retried.stdout, retried.stderr
+
+    async def completed() -> bool:
+        return await conn.fetchval("SELECT status FROM herald.runs WHERE id = $1", run["id"]) == "completed"
+
+    await wait_until(completed, message="the retried run to complete")
+    message = await conn.fetchrow("SELECT status, provider_message_id FROM herald.messages WHERE tenant_id = $1", tenant)
+    assert (message["status"], message["provider_message_id"]) == ("sent", "m-retried")
+    audit = await conn.fetchrow("SELECT requested_by, reason FROM herald.retries WHERE run_id = $1", run["id"])
+    assert (audit["requested_by"], audit["reason"]) == ("ana", "number provisioned")
+    again = subprocess.run([sys.executable, "-m", "daemon", "retry", str(run["id"])], env=herald.env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "not retried" in again.stderr
