@@ -31,6 +31,7 @@ from typing import Any
 
 import regex
 
+from actors.durations import parse_duration
 from config.errors import WorkflowValidationError
 
 _MISSING = object()
@@ -143,16 +144,12 @@ def _matches(actual: Any, pattern: Any) -> bool:
 
 
 def _duration(value: Any) -> dt.timedelta | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return dt.timedelta(seconds=value)
-    match = _DURATION.fullmatch(str(value).strip())
-    if not match:
+    try:
+        duration = parse_duration(value, "value")
+    except WorkflowValidationError:
         return None
-    return dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    return duration if duration > dt.timedelta(0) else None
 
-
-_DURATION = regex.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 Compare_ = Callable[[Any, Any, dt.datetime], bool]
 

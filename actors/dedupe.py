@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from actors.actions.delay import parse_duration
+from actors.durations import parse_duration
 from actors.triggers import Trigger
 from config.errors import WorkflowValidationError
 

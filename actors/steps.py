@@ -26,7 +26,7 @@ from actors.db import get_pool
 from actors.http import get_session
 from actors.retry_policy import RetryPolicy
 from actors.templates import as_records
-from config.errors import DeliveryUnknownError, HeraldConfigError, StepError
+from config.errors import DeliveryUnknownError, HeraldConfigError, RateLimitedError, StepError
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +49,7 @@ WHERE s.id = ANY($1::bigint[]) AND s.action = ANY($2::text[])
        OR (s.status = 'waiting' AND s.wake_at <= clock_timestamp()))
 RETURNING s.id, s.run_id, s.tenant_id, s.position, s.step_key, s.action, s.config, s.attempts,
           s.wake_at, r.context, r.workflow_id, r.event_id, w.definition -> 'retry' AS retry,
+          w.definition -> 'rate_limit' AS rate_limit,
           e.table_name, e.row_id, e.entity, wt.id_column, wt.tenant_column, wt.action_targets,
           wt.updatable_columns
 """
@@ -184,11 +185,16 @@ async def _record_outcome(
     assert isinstance(outcome, Done)
     async with conn.transaction():
         await conn.execute(STEP_DONE, step["id"], rendered, outcome.response, elapsed_ms)
-        following = await conn.fetchrow(NEXT_STEP, step["run_id"], step["position"] + 1)
-        if following is None:
-            await conn.execute(RUN_COMPLETED, step["run_id"])
-            log.info("run completed")
-            return []
+        return await _advance(conn, step)
+
+
+async def _advance(conn: asyncpg.Connection, step: Mapping[str, Any]) -> list[FollowUp]:
+    """After a step is done (or skipped): start the next one, or complete the run."""
+    following = await conn.fetchrow(NEXT_STEP, step["run_id"], step["position"] + 1)
+    if following is None:
+        await conn.execute(RUN_COMPLETED, step["run_id"])
+        log.info("run completed")
+        return []
     return [FollowUp(following["id"], following["action"])]
 
 
@@ -196,6 +202,12 @@ async def _record_error(
     conn: asyncpg.Connection, step: Mapping[str, Any], rendered: dict[str, Any], exc: StepError,
     elapsed_ms: int,
 ) -> list[FollowUp]:
+    if isinstance(exc, RateLimitedError) and exc.skip:
+        # Over the recipient's limit with the skip policy: record why and go on.
+        log.info("step skipped by rate limit", reason=str(exc))
+        async with conn.transaction():
+            await conn.execute(STEP_FAILED, step["id"], "skipped", rendered, str(exc), elapsed_ms)
+            return await _advance(conn, step)
     policy = RetryPolicy.from_config(step["retry"])
     # A wait the provider asked for (429) is not an attempt.
     spent = 0 if exc.retry_after is not None else 1

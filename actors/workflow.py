@@ -9,11 +9,13 @@ Two document formats are read as written:
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
 from actors.actions import get_action
 from actors.dedupe import DedupePolicy
+from actors.rate_limits import RateLimit
 from actors.retry_policy import RetryPolicy
 from actors.templates import from_single_braces
 from actors.conditions import Condition, parse_condition
@@ -75,6 +77,7 @@ def parse_workflow(doc: Any) -> WorkflowSpec:
         )
     RetryPolicy.from_config(doc.get("retry"))
     dedupe = DedupePolicy.from_config(doc.get("dedupe"))
+    RateLimit(0, dt.timedelta(hours=1)).override(doc.get("rate_limit"))
     return WorkflowSpec(name, source_id, trigger, condition, steps, dedupe)
 
 

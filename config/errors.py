@@ -49,3 +49,12 @@ class DeliveryUnknownError(StepError):
 
 class TemplateRenderError(StepError):
     """A template could not be rendered (undefined variable, unsafe access)."""
+
+
+class RateLimitedError(StepError):
+    """The recipient has had its share of messages for now: wait (not an attempt)
+    until ``retry_after``, or, with ``skip``, skip the step and go on."""
+
+    def __init__(self, message: str, *, retry_after: float, skip: bool) -> None:
+        super().__init__(message, permanent=False, retry_after=retry_after)
+        self.skip = skip

@@ -89,6 +89,8 @@ class Settings:
     # Which provider delivers each channel; "capture" stores and sends nothing.
     email_provider: str = "capture"  # capture | smtp | mailgun
     sms_provider: str = "capture"  # capture | telnyx | twilio
+    # Messages per channel to one recipient per window ("5/1h"; "0": no limit).
+    recipient_limit: str = "5/1h"
     email_from: str = "Herald <herald@localhost>"
     sms_from: str = ""
     # Outbound HTTP (providers, webhooks): seconds for the whole request.
@@ -142,6 +144,7 @@ class Settings:
             heartbeat_interval_s=_float(env, "HERALD_HEARTBEAT_INTERVAL", 5.0),
             email_provider=env.get("HERALD_EMAIL_PROVIDER") or "capture",
             sms_provider=env.get("HERALD_SMS_PROVIDER") or "capture",
+            recipient_limit=env.get("HERALD_RECIPIENT_LIMIT") or "5/1h",
             email_from=env.get("HERALD_EMAIL_FROM") or "Herald <herald@localhost>",
             sms_from=env.get("HERALD_SMS_FROM") or "",
             http_timeout_s=_float(env, "HERALD_HTTP_TIMEOUT", 10.0),

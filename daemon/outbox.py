@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-# Claim the oldest pending events; SKIP LOCKED lets several daemons share the outbox.
+# Claim pending events, taking turns between tenants (each tenant's oldest first),
+# so one tenant's burst does not hold back the others. SKIP LOCKED lets several
+# daemons share the outbox.
 CLAIM_PENDING = """
 WITH next AS (
     SELECT id FROM herald.events
-    WHERE state = 'pending'
-    ORDER BY id
-    LIMIT $1
+    WHERE id IN (
+        SELECT id FROM (
+            SELECT id, row_number() OVER (PARTITION BY tenant_id ORDER BY id) AS turn
+            FROM herald.events WHERE state = 'pending'
+        ) ranked
+        ORDER BY turn, id
+        LIMIT $1
+    ) AND state = 'pending'
     FOR UPDATE SKIP LOCKED
 )
 UPDATE herald.events e

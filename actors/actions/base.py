@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import aiohttp
 import asyncpg
 
+from actors.rate_limits import RateLimit
 from actors.templates import render
 from config.errors import StepError, WorkflowValidationError
 from config.settings import Settings
@@ -56,6 +57,11 @@ class StepRun:
     @property
     def config(self) -> dict[str, Any]:
         return dict(self.step["config"])
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        """The per-recipient limit: the default from settings, the workflow's override."""
+        return RateLimit.parse_default(self.settings.recipient_limit).override(self.step.get("rate_limit"))
 
     @property
     def idempotency_key(self) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from actors.actions.base import Done, StepRun
 from actors.providers import OutboundMessage, ProviderResult
+from actors.rate_limits import RateLimit, admit
 from config.errors import DeliveryUnknownError, StepError
 
 INSERT_MESSAGE = """
@@ -31,6 +32,8 @@ WHERE idempotency_key = $1 AND status = 'retrying'
 RETURNING id
 """
 
+EXISTING_ID = "SELECT id FROM herald.messages WHERE idempotency_key = $1"
+
 EXISTING = "SELECT id, status, provider_message_id FROM herald.messages WHERE idempotency_key = $1"
 
 # The provider deduplicates by key: an attempt of unknown outcome may be repeated.
@@ -48,7 +51,8 @@ Send = Callable[[OutboundMessage], Awaitable[ProviderResult]]
 
 
 async def deliver(
-    run: StepRun, message: OutboundMessage, provider_name: str, send: Send, *, idempotent: bool = False
+    run: StepRun, message: OutboundMessage, provider_name: str, send: Send, *, idempotent: bool = False,
+    limit: RateLimit | None = None,
 ) -> Done:
     """Record ``message`` and send it once; the step's outcome follows the provider's answer.
 
@@ -57,10 +61,18 @@ async def deliver(
     """
     conn = run.conn
     step = run.step
-    message_id = await conn.fetchval(
-        INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel, provider_name,
-        message.idempotency_key, message.recipient, message.subject, message.body, message.html_body,
-    ) or await conn.fetchval(RETRY_MESSAGE, message.idempotency_key)
+    message_id = None
+    async with conn.transaction():
+        if await conn.fetchval(EXISTING_ID, message.idempotency_key) is None:
+            # A new message counts against the recipient's limit; a retry of one does not.
+            if limit is not None:
+                await admit(conn, limit, step["tenant_id"], message.channel, message.recipient)
+            message_id = await conn.fetchval(
+                INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel,
+                provider_name, message.idempotency_key, message.recipient, message.subject, message.body,
+                message.html_body,
+            )
+    message_id = message_id or await conn.fetchval(RETRY_MESSAGE, message.idempotency_key)
     if message_id is None and idempotent:
         message_id = await conn.fetchval(RESEND_UNKNOWN, message.idempotency_key)
     if message_id is None:

@@ -28,7 +28,8 @@ class Email(Action):
             subject=run.render(SUBJECT), html_body=run.render(HTML, html=True),
         )
         provider = get_provider(run.settings.email_provider, run.settings, run.session)
-        return await deliver(run, message, provider.name, provider.send, idempotent=provider.idempotent)
+        return await deliver(run, message, provider.name, provider.send, idempotent=provider.idempotent,
+                             limit=run.rate_limit)
 
 
 @register
@@ -43,4 +44,5 @@ class Sms(Action):
         recipient = validate_phone(require(run.render(RECIPIENT), f"recipient {run.param(RECIPIENT)}"))
         message = OutboundMessage("sms", recipient, run.render(MESSAGE) or "", run.idempotency_key)
         provider = get_provider(run.settings.sms_provider, run.settings, run.session)
-        return await deliver(run, message, provider.name, provider.send, idempotent=provider.idempotent)
+        return await deliver(run, message, provider.name, provider.send, idempotent=provider.idempotent,
+                             limit=run.rate_limit)

@@ -210,3 +210,66 @@ async def test_herald_retry_sends_a_failed_run_again(
     again = subprocess.run([sys.executable, "-m", "daemon", "retry", str(run["id"])], env=herald.env,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "not retried" in again.stderr
+
+
+async def complete_jobs_for_one_client(conn: asyncpg.Connection, tenant: str, workflow: dict[str, Any],
+                                       count: int) -> None:
+    await import_workflow(conn, tenant, workflow)
+    await conn.execute("INSERT INTO organizations (id, name) VALUES ($1::text::bigint, 'Org')", tenant)
+    client = await conn.fetchval(
+        "INSERT INTO clients (organization_id, first_name, last_name, email, phone) VALUES"
+        " ($1::text::bigint, 'Sam', 'Burst', 'sam@example.com', '+15550102222') RETURNING id", tenant)
+    await conn.execute(
+        "INSERT INTO jobs (organization_id, client_id, title, status) SELECT $1::text::bigint, $2, 'J' || g,"
+        " 'in_progress' FROM generate_series(1, $3) g", tenant, client, count)
+    await conn.execute("UPDATE jobs SET status = 'completed' WHERE client_id = $1", client)
+
+
+async def test_the_per_recipient_limit_skips_beyond_its_share(conn: asyncpg.Connection, http: FakeHTTPServer) -> None:
+    http.answer("/v2/messages", Answer(200, {"data": {"id": "ok"}}))
+    tenant = str(next(_tenants))
+    await complete_jobs_for_one_client(conn, tenant, {
+        "name": "burst", "trigger_type": "job_completed", "steps": [SMS_STEP],
+        "rate_limit": {"per_recipient": 3, "window": "1h", "over_limit": "skip"}}, 8)
+
+    async def all_done() -> bool:
+        return await conn.fetchval(
+            "SELECT count(*) FROM herald.runs WHERE tenant_id = $1 AND status = 'completed'", tenant) == 8
+
+    await wait_until(all_done, message="all eight runs")
+    steps = await conn.fetch("SELECT status, error FROM herald.steps WHERE tenant_id = $1", tenant)
+    assert sorted(s["status"] for s in steps) == ["sent"] * 3 + ["skipped"] * 5
+    assert all("rate limited: 3 sms messages per 1:00:00 to +15550102222; skipped" in s["error"]
+               for s in steps if s["status"] == "skipped")
+    assert await conn.fetchval("SELECT count(*) FROM herald.messages WHERE tenant_id = $1", tenant) == 3
+
+
+async def test_over_the_limit_a_message_waits_and_others_are_not_held_up(
+    conn: asyncpg.Connection, http: FakeHTTPServer
+) -> None:
+    http.answer("/v2/messages", Answer(200, {"data": {"id": "ok"}}))
+    busy = str(next(_tenants))
+    await complete_jobs_for_one_client(conn, busy, {
+        "name": "burst", "trigger_type": "job_completed", "steps": [SMS_STEP],
+        "rate_limit": {"per_recipient": 2, "window": "3s"}}, 3)
+
+    async def waiting() -> Any:
+        return await conn.fetchrow("SELECT * FROM herald.steps WHERE tenant_id = $1 AND status = 'pending'"
+                                   " AND next_attempt_at IS NOT NULL", busy)
+
+    held = await wait_until(waiting, message="the third message to wait for the window")
+    assert "rate limited: 2 sms messages" in held["error"]
+    # Another client's message goes straight through while that one waits.
+    _, other = await complete_a_job(conn, [SMS_STEP])
+    assert other["status"] == "completed"
+    assert await conn.fetchval("SELECT status FROM herald.steps WHERE id = $1", held["id"]) == "pending"
+
+    async def all_sent() -> bool:
+        return await conn.fetchval(
+            "SELECT count(*) FROM herald.steps WHERE tenant_id = $1 AND status = 'sent'", busy) == 3
+
+    await wait_until(all_sent, message="the held message after the window")
+    step = await conn.fetchrow("SELECT attempts FROM herald.steps WHERE id = $1", held["id"])
+    assert step["attempts"] == 1  # waiting on the limit spent no retry
+    sent_at = await conn.fetch("SELECT created_at FROM herald.messages WHERE tenant_id = $1 ORDER BY created_at", busy)
+    assert (sent_at[2]["created_at"] - sent_at[0]["created_at"]).total_seconds() >= 3

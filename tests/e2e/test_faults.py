@@ -51,7 +51,7 @@ def herald(settings: Settings, telnyx: FakeTelnyx, tmp_path: Path) -> Iterator[P
         "HERALD_SWEEP_INTERVAL": "0.5", "HERALD_LEASE": "3", "HERALD_LOG_FORMAT": "json",
         "HERALD_SMS_PROVIDER": "telnyx", "HERALD_TELNYX_BASE_URL": telnyx.url,
         "HERALD_TELNYX_API_KEY": "key", "HERALD_SMS_FROM": "+15550000000",
-        "HERALD_WORKER_THREADS": "4",
+        "HERALD_WORKER_THREADS": "4", "HERALD_RECIPIENT_LIMIT": "0",
     }
     processes = Processes(env, tmp_path)
     try:

@@ -104,3 +104,16 @@ async def test_sweeper_handles_a_step_stuck_sending_and_resends_a_pending_one(
         assert resent == [("email", [step_ids[waiting]])]
         assert run["status"] == "failed" and "outcome unknown" in run["error"]
         assert stuck_status == "unknown"
+
+
+async def test_tenants_take_turns_when_one_bursts(conn: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+    await conn.execute(
+        "INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, new)"
+        " SELECT CASE WHEN g <= 300 THEN 'busy' ELSE 'quiet' END, 'job', 'public.jobs', g::text, 'INSERT',"
+        " 'job.created', '{}'::jsonb FROM generate_series(1, 303) g")
+    sent: list[list[int]] = []
+    await Dispatcher(pool, sent.append, batch_size=10, idle_s=1).drain()
+    first = await conn.fetch("SELECT tenant_id FROM herald.events WHERE id = ANY($1)", sent[0])
+    # The quiet tenant's three events go out in the first batch, not after the busy one's 300.
+    assert sorted(r["tenant_id"] for r in first).count("quiet") == 3
+    assert sum(len(batch) for batch in sent) == 303
