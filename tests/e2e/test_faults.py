@@ -23,6 +23,7 @@ from config.embedded_layout import EmbeddedLayout
 from config.settings import Settings
 from daemon.demo import load_demo
 from daemon.embedded import EmbeddedServers
+from daemon.workflows import import_workflow
 from tests.conftest import wait_until
 from tests.e2e.conftest import Processes
 from tests.fakes import FakeTelnyx
@@ -148,3 +149,55 @@ async def test_flushall_redis_mid_flow(
         client.close()
 
     await flow_with_fault(pool, herald, telnyx, "FLUSHALL redis", fault)
+
+
+BURST = 5000
+
+
+async def test_a_burst_for_one_client_keeps_its_limit_and_delays_nobody_else(
+    pool: asyncpg.Pool, herald: Processes, telnyx: FakeTelnyx, layout: EmbeddedLayout
+) -> None:
+    async with pool.acquire() as conn:
+        await load_demo(conn)
+        await conn.execute("UPDATE herald.workflows SET is_active = false")
+        await import_workflow(conn, "1", {
+            "name": "burst", "trigger_type": "job_completed", "rate_limit": {"per_recipient": 5, "window": "1h"},
+            "steps": [{"id": "sms", "type": "action", "config": {
+                "actionType": "sms", "message": "Job {{job.title}} completed", "recipient": "{{client.phone}}"}}]})
+        await import_workflow(conn, "2", {
+            "name": "normal", "trigger_type": "job_completed", "steps": [{"id": "sms", "type": "action", "config": {
+                "actionType": "sms", "message": "Job {{job.title}} completed", "recipient": "{{client.phone}}"}}]})
+        await conn.execute(
+            "INSERT INTO jobs (organization_id, client_id, title, status)"
+            " SELECT 1, 1, 'B' || g, 'in_progress' FROM generate_series(1, $1) g", BURST)
+    herald.start("daemon", "daemon")
+    herald.start("worker", "worker")
+    await pool.execute("UPDATE jobs SET status = 'completed' WHERE title LIKE 'B%'")
+
+    async def burst_underway() -> bool:
+        return len(telnyx.delivered) >= 1
+
+    await wait_until(burst_underway, timeout=60, message="the burst to start")
+    # Another tenant's client completes a job in the middle of the burst.
+    await pool.execute("UPDATE jobs SET status = 'completed' WHERE id = 4")
+
+    async def other_delivered() -> bool:
+        return any("Install EV charger" in text for text in telnyx.delivered.values())
+
+    await wait_until(other_delivered, timeout=30, message="the other tenant's SMS during the burst")
+
+    async def burst_decided() -> bool:
+        # Every burst run has been matched, enriched and its SMS either sent or waiting for the window.
+        return await pool.fetchval(
+            "SELECT count(*) FROM herald.steps s JOIN herald.runs r ON r.id = s.run_id WHERE r.tenant_id = '1'"
+            " AND (s.status = 'sent' OR (s.status = 'pending' AND s.next_attempt_at IS NOT NULL))") == BURST
+
+    await wait_until(burst_decided, timeout=240, interval=0.5, message="every burst message sent or waiting")
+    to_client = [text for text in telnyx.delivered.values() if text.startswith("Job B")]
+    waiting = await pool.fetchval("SELECT count(*) FROM herald.steps WHERE status = 'pending'"
+                                  " AND error LIKE 'rate limited: 5 sms messages per 1:00:00%'")
+    client = redis.Redis.from_url(layout.redis_url)
+    dead = sum(client.zcard(key) for key in client.scan_iter("dramatiq:*.XQ"))
+    client.close()
+    print(f"\nburst: events={BURST} delivered_to_client={len(to_client)} waiting={waiting} dead_lettered={dead}")
+    assert len(to_client) == 5 and waiting == BURST - 5 and dead == 0
