@@ -61,6 +61,13 @@ async def api_runs(request: web.Request) -> web.Response:
     return web.json_response({"runs": runs})
 
 
+async def api_stats(request: web.Request) -> web.Response:
+    stats = await queries.delivery_stats(
+        request.app[POOL], tenant=request.query.get("tenant") or None,
+        hours=_int_param(request, "hours", 24, 24 * 366))
+    return web.json_response(stats)
+
+
 @aiohttp_jinja2.template("runs.html")
 async def runs_page(request: web.Request) -> dict[str, Any]:
     filters = _run_filters(request)
@@ -128,6 +135,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/", runs_page, name="runs")
     app.router.add_get("/runs/table", runs_table, name="runs_table")
     app.router.add_get("/api/runs", api_runs, name="api_runs")
+    app.router.add_get("/api/stats", api_stats, name="api_stats")
     app.router.add_get("/health", health, name="health")
     app.router.add_static("/static", Path(__file__).parent / "static", name="static")
     return app

@@ -40,6 +40,21 @@ FROM herald.heartbeats WHERE stopped_at IS NULL
 ORDER BY last_seen_at DESC
 """
 
+# Delivery and retry statistics over the last $2 hours.
+STATS = """
+SELECT count(*) AS runs,
+       count(*) FILTER (WHERE r.status = 'completed') AS completed,
+       count(*) FILTER (WHERE r.status = 'failed') AS failed,
+       count(*) FILTER (WHERE r.status = 'skipped') AS skipped,
+       count(*) FILTER (WHERE r.status = 'completed' AND (r.retry_count > 0 OR EXISTS (
+           SELECT 1 FROM herald.steps s WHERE s.run_id = r.id AND s.attempts > 1))) AS completed_after_retry,
+       coalesce(sum((SELECT sum(s.attempts) FROM herald.steps s WHERE s.run_id = r.id)), 0)::bigint AS attempts,
+       count(*) FILTER (WHERE r.retry_count > 0) AS retried_by_support
+FROM herald.runs r
+WHERE ($1::text IS NULL OR r.tenant_id = $1)
+  AND r.created_at > clock_timestamp() - make_interval(hours => $2)
+"""
+
 RUN_COLUMNS = (
     "id", "tenant_id", "status", "error", "created_at", "started_at", "completed_at",
     "execution_time_ms",
@@ -52,6 +67,14 @@ STEP_COLUMNS = (
 
 def _iso(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+async def delivery_stats(pool: asyncpg.Pool, *, tenant: str | None, hours: int) -> dict[str, Any]:
+    """Runs by outcome, attempts, and the share of completed runs that needed a retry."""
+    row = dict(await pool.fetchrow(STATS, tenant, hours))
+    row["share_completed_after_retry"] = (
+        round(row["completed_after_retry"] / row["completed"], 4) if row["completed"] else 0.0)
+    return {"hours": hours, "tenant": tenant, **row}
 
 
 async def recent_runs(

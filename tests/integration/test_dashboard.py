@@ -87,3 +87,16 @@ async def test_health_reports_each_check(client: TestClient, conn: asyncpg.Conne
         " VALUES ('test', 'host', 1, now(), now())")
     response = await client.get("/health")
     assert response.status == 200 and (await response.json())["ok"] is True
+
+
+async def test_stats_count_outcomes_and_retries(client: TestClient, conn: asyncpg.Connection) -> None:
+    await load_demo(conn)
+    first = await record_run(conn, 1)
+    await record_run(conn, 2)
+    await record_run(conn, 4, failed=True)
+    await conn.execute("UPDATE herald.steps SET attempts = 2 WHERE run_id = $1", first)  # needed a retry
+    stats = await (await client.get("/api/stats")).json()
+    assert (stats["runs"], stats["completed"], stats["failed"], stats["completed_after_retry"]) == (3, 2, 1, 1)
+    assert stats["share_completed_after_retry"] == 0.5 and stats["attempts"] == 2
+    tenant_two = await (await client.get("/api/stats", params={"tenant": "2"})).json()
+    assert (tenant_two["runs"], tenant_two["failed"]) == (1, 1)
