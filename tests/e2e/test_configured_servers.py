@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,3 +39,35 @@ async def test_cli_uses_configured_database_and_starts_no_server(
 
     bad = herald("watch", "nope")
     assert bad.returncode == 1 and "table 'nope' does not exist" in bad.stderr
+
+
+async def test_workflows_commands_validate_import_warn_and_export(
+    db_url: str, redis_url: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")} | {
+        "HERALD_DATABASE_URL": db_url, "HERALD_REDIS_URL": redis_url}
+
+    def herald(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "daemon", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    examples = Path(__file__).resolve().parents[2] / "config" / "examples"
+    good = [str(examples / "job-completed.workflow.json"), str(examples / "consultation-scheduled.rule.json")]
+    valid = herald("workflows", "validate", *good)
+    assert valid.returncode == 0 and valid.stdout.count(": valid") == 2, valid.stderr
+    bad = tmp_path / "fax.json"
+    bad.write_text(json.dumps({"name": "x", "trigger_type": "job_created",
+                               "steps": [{"type": "action", "config": {"actionType": "fax"}}]}))
+    invalid = herald("workflows", "validate", str(bad))
+    assert invalid.returncode == 2 and "steps[0].config.actionType: unknown action 'fax'" in invalid.stderr
+
+    assert herald("demo").returncode == 0
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"id": "typo", "name": "Typo", "trigger_type": "job_completed", "steps": [
+        {"type": "action", "config": {"actionType": "sms", "message": "{{job.titel}}",
+                                      "recipient": "{{client.phone}}"}}]}))
+    imported = herald("workflows", "import", str(typo), "--tenant", "1")
+    assert imported.returncode == 0 and "imported as" in imported.stdout
+    assert "steps[0].message: job has no column 'titel' (public.jobs)" in imported.stderr
+    exported = json.loads(herald("workflows", "export", "--tenant", "1").stdout)
+    assert sorted(w["definition"]["name"] for w in exported) == ["Job Completed", "Typo"]
