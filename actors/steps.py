@@ -43,13 +43,14 @@ FROM herald.runs r
 JOIN herald.events e ON e.id = r.event_id
 JOIN herald.workflows w ON w.id = r.workflow_id
 LEFT JOIN herald.watched_tables wt ON wt.table_name = e.table_name
+LEFT JOIN herald.tenant_settings ts ON ts.tenant_id = r.tenant_id
 WHERE s.id = ANY($1::bigint[]) AND s.action = ANY($2::text[])
   AND r.id = s.run_id AND r.status = 'running'
   AND ((s.status = 'pending' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= clock_timestamp()))
        OR (s.status = 'waiting' AND s.wake_at <= clock_timestamp()))
 RETURNING s.id, s.run_id, s.tenant_id, s.position, s.step_key, s.action, s.config, s.attempts,
           s.wake_at, r.context, r.workflow_id, r.event_id, w.definition -> 'retry' AS retry,
-          w.definition -> 'rate_limit' AS rate_limit,
+          w.definition -> 'rate_limit' AS rate_limit, ts.rate_limit AS tenant_rate_limit,
           e.table_name, e.row_id, e.entity, wt.id_column, wt.tenant_column, wt.action_targets,
           wt.updatable_columns
 """

@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--tenant", required=True, help="the tenant (organization) id")
     trigger.add_argument("--workflow", help="run only this workflow (its id)")
 
+    limit = sub.add_parser("rate-limit", help="set a tenant's per-recipient message limit")
+    _common(limit)
+    limit.add_argument("--tenant", required=True)
+    limit.add_argument("--per-recipient", type=int, required=True, help="messages per channel per window (0: none)")
+    limit.add_argument("--window", default="1h", help="e.g. 1h, 1d")
+    limit.add_argument("--over-limit", choices=("wait", "skip"), default="wait")
+
     psql = sub.add_parser("psql", help="run psql against Herald's database; arguments pass through")
     _common(psql)
     return parser
@@ -387,6 +394,25 @@ def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rate_limit(settings: Settings, args: argparse.Namespace) -> int:
+    from config.database import connection
+    from daemon.embedded import servers_for
+    from daemon.tenants import set_rate_limit
+
+    rate_limit = {"per_recipient": args.per_recipient, "window": args.window, "over_limit": args.over_limit}
+
+    async def run() -> None:
+        await _migrate(settings)
+        async with connection(settings.database_url) as conn:
+            await set_rate_limit(conn, args.tenant, rate_limit)
+
+    with servers_for(settings):
+        asyncio.run(run())
+    print(f"tenant {args.tenant}: at most {args.per_recipient} messages per channel per recipient"
+          f" per {args.window}, then {args.over_limit}")
+    return 0
+
+
 def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.service import run_daemon
 
@@ -429,6 +455,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "workflows": cmd_workflows,
     "retry": cmd_retry,
     "trigger": cmd_trigger,
+    "rate-limit": cmd_rate_limit,
 }
 
 if __name__ == "__main__":

@@ -60,8 +60,9 @@ class StepRun:
 
     @property
     def rate_limit(self) -> RateLimit:
-        """The per-recipient limit: the default from settings, the workflow's override."""
-        return RateLimit.parse_default(self.settings.recipient_limit).override(self.step.get("rate_limit"))
+        """The per-recipient limit: the default from settings, then the tenant's, then the workflow's."""
+        default = RateLimit.parse_default(self.settings.recipient_limit)
+        return default.override(self.step.get("tenant_rate_limit")).override(self.step.get("rate_limit"))
 
     @property
     def idempotency_key(self) -> str:

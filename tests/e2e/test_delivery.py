@@ -18,6 +18,7 @@ from config.database import connection
 from config.embedded_layout import EmbeddedLayout
 from config.settings import Settings
 from daemon.demo import load_demo
+from daemon.tenants import set_rate_limit
 from daemon.workflows import import_workflow
 from tests.conftest import fresh_database, wait_until
 from tests.e2e.conftest import Processes
@@ -273,3 +274,19 @@ async def test_over_the_limit_a_message_waits_and_others_are_not_held_up(
     assert step["attempts"] == 1  # waiting on the limit spent no retry
     sent_at = await conn.fetch("SELECT created_at FROM herald.messages WHERE tenant_id = $1 ORDER BY created_at", busy)
     assert (sent_at[2]["created_at"] - sent_at[0]["created_at"]).total_seconds() >= 3
+
+
+async def test_a_tenant_limit_applies_to_all_its_workflows(conn: asyncpg.Connection, http: FakeHTTPServer) -> None:
+    http.answer("/v2/messages", Answer(200, {"data": {"id": "ok"}}))
+    tenant = str(next(_tenants))
+    await set_rate_limit(conn, tenant, {"per_recipient": 1, "window": "1d", "over_limit": "skip"})
+    await complete_jobs_for_one_client(conn, tenant, {
+        "name": "two jobs", "trigger_type": "job_completed", "steps": [SMS_STEP]}, 2)
+
+    async def both_done() -> bool:
+        return await conn.fetchval(
+            "SELECT count(*) FROM herald.runs WHERE tenant_id = $1 AND status = 'completed'", tenant) == 2
+
+    await wait_until(both_done, message="both runs")
+    steps = await conn.fetch("SELECT status FROM herald.steps WHERE tenant_id = $1 ORDER BY status", tenant)
+    assert [s["status"] for s in steps] == ["sent", "skipped"]

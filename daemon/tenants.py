@@ -1,0 +1,24 @@
+"""Per-tenant settings: a tenant's recipient rate limit, between the default and its workflows'."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import asyncpg
+
+from actors.rate_limits import RateLimit
+
+SET_RATE_LIMIT = """
+INSERT INTO herald.tenant_settings (tenant_id, rate_limit) VALUES ($1, $2)
+ON CONFLICT (tenant_id) DO UPDATE SET rate_limit = EXCLUDED.rate_limit, updated_at = now()
+"""
+
+
+async def set_rate_limit(conn: asyncpg.Connection, tenant_id: str, rate_limit: dict[str, Any]) -> None:
+    """Store a tenant's limit (``{"per_recipient": 10, "window": "1d", "over_limit": "skip"}``).
+
+    Raises WorkflowValidationError naming the bad setting.
+    """
+    RateLimit(0, dt.timedelta(hours=1)).override(rate_limit, "rate_limit")
+    await conn.execute(SET_RATE_LIMIT, tenant_id, rate_limit)
