@@ -40,19 +40,43 @@ class Answer:
     delay_s: float = 0.0  # longer than the client's timeout: "took the request, never answered"
 
 
-class FakeHTTPServer:
-    """``async with FakeHTTPServer() as server: server.answer("/v2/messages", Answer(500), Answer(200))``"""
+class _WebFake:
+    """A local aiohttp server on a free port; subclasses add their routes."""
 
     def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.received = asyncio.Condition()
-        self._answers: dict[str, deque[Answer]] = defaultdict(lambda: deque([Answer(200, {})]))
-        self._runner: web.AppRunner | None = None
         self.port = unused_port()
+        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def routes(self, app: web.Application) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Any:
+        app = web.Application()
+        self.routes(app)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+class FakeHTTPServer(_WebFake):
+    """``async with FakeHTTPServer() as server: server.answer("/v2/messages", Answer(500), Answer(200))``"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Recorded] = []
+        self._answers: dict[str, deque[Answer]] = defaultdict(lambda: deque([Answer(200, {})]))
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self._handle)
 
     def answer(self, path: str, *answers: Answer) -> None:
         self._answers[path] = deque(answers)
@@ -66,26 +90,12 @@ class FakeHTTPServer:
         if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
             form = {k: str(v) for k, v in (await request.post()).items()}
         self.requests.append(Recorded(request.method, request.path, dict(request.headers), body, form))
-        async with self.received:
-            self.received.notify_all()
         queue = self._answers[request.path]
         answer = queue.popleft() if len(queue) > 1 else queue[0]
         if answer.delay_s:
             await asyncio.sleep(answer.delay_s)  # the fake is slow on purpose
         return web.json_response(answer.json if answer.json is not None else {}, status=answer.status,
                                  headers=answer.headers)
-
-    async def __aenter__(self) -> FakeHTTPServer:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 class _Handler:
@@ -121,20 +131,18 @@ class FakeSMTPServer:
         self._controller.stop()
 
 
-class FakeTelnyx:
+class FakeTelnyx(_WebFake):
     """A Telnyx messages endpoint that, like the real one, delivers each
     Idempotency-Key once. ``delivered`` maps key -> text; ``replays`` counts
     requests that repeated a key (answered, not delivered again)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.delivered: dict[str, str] = {}
         self.replays = 0
-        self.port = unused_port()
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v2/messages", self._messages)
 
     async def _messages(self, request: web.Request) -> web.Response:
         key = request.headers["Idempotency-Key"]
@@ -144,15 +152,3 @@ class FakeTelnyx:
         else:
             self.delivered[key] = body["text"]
         return web.json_response({"data": {"id": f"msg-{key}"}})
-
-    async def __aenter__(self) -> FakeTelnyx:
-        app = web.Application()
-        app.router.add_post("/v2/messages", self._messages)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()

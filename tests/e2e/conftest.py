@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -51,6 +52,20 @@ class Processes:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@contextlib.contextmanager
+def running_herald(database_url: str, redis_url: str, log_dir: Path, **env: str) -> Iterator[Processes]:
+    """A daemon and a worker on this database, with quick sweeps and ``env`` on top."""
+    settings = Settings(database_url=database_url, redis_url=redis_url, embedded=False)
+    processes = Processes(settings.child_env() | {
+        "HERALD_SWEEP_INTERVAL": "0.5", "HERALD_LEASE": "3", "HERALD_LOG_FORMAT": "json", **env}, log_dir)
+    processes.start("daemon", "daemon")
+    processes.start("worker", "worker")
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
 
 
 @pytest.fixture

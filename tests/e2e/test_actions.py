@@ -18,12 +18,11 @@ import pytest
 
 from config.database import connection
 from config.embedded_layout import EmbeddedLayout
-from config.settings import Settings
 from daemon.capture import Relation, watch_table
 from daemon.demo import load_demo
 from daemon.workflows import import_workflow
 from tests.conftest import REPO, fresh_database, wait_until
-from tests.e2e.conftest import Processes
+from tests.e2e.conftest import Processes, running_herald
 
 CRM_SCHEMA = """
 CREATE TABLE patients (
@@ -62,16 +61,8 @@ async def db(template_database: str, layout: EmbeddedLayout) -> AsyncIterator[st
 
 @pytest.fixture(scope="module")
 def herald(db: str, servers: Any, layout: EmbeddedLayout, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    settings = Settings(database_url=db, redis_url=layout.redis_url, embedded=False)
-    env = settings.child_env() | {"HERALD_SWEEP_INTERVAL": "0.5", "HERALD_LEASE": "3",
-                                  "HERALD_LOG_FORMAT": "json"}
-    processes = Processes(env, tmp_path_factory.mktemp("actions"))
-    processes.start("daemon", "daemon")
-    processes.start("worker", "worker")
-    try:
+    with running_herald(db, layout.redis_url, tmp_path_factory.mktemp("actions")) as processes:
         yield processes
-    finally:
-        processes.stop_all()
 
 
 @pytest.fixture

@@ -16,12 +16,11 @@ import pytest
 
 from config.database import connection
 from config.embedded_layout import EmbeddedLayout
-from config.settings import Settings
 from daemon.demo import load_demo
 from daemon.tenants import set_rate_limit
 from daemon.workflows import import_workflow
 from tests.conftest import fresh_database, wait_until
-from tests.e2e.conftest import Processes
+from tests.e2e.conftest import Processes, running_herald
 from tests.fakes import Answer, FakeHTTPServer, FakeSMTPServer
 
 SECRET = "webhook-signing-secret"
@@ -51,22 +50,15 @@ async def db(template_database: str, layout: EmbeddedLayout) -> AsyncIterator[st
 @pytest.fixture(scope="module")
 def herald(db: str, layout: EmbeddedLayout, http: FakeHTTPServer, smtp: FakeSMTPServer,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    env = Settings(database_url=db, redis_url=layout.redis_url, embedded=False).child_env() | {
-        "HERALD_SWEEP_INTERVAL": "0.5", "HERALD_LEASE": "3", "HERALD_LOG_FORMAT": "json",
-        "HERALD_EMAIL_PROVIDER": "smtp", "HERALD_SMTP_HOST": "127.0.0.1", "HERALD_SMTP_PORT": str(smtp.port),
-        "HERALD_EMAIL_FROM": "Northwind <office@northwind.example>",
-        "HERALD_SMS_PROVIDER": "telnyx", "HERALD_TELNYX_BASE_URL": http.url,
-        "HERALD_TELNYX_API_KEY": "telnyx-key", "HERALD_SMS_FROM": "+15550000000",
-        "HERALD_HTTP_TIMEOUT": "1", "HERALD_WEBHOOK_SIGNING_SECRET": SECRET,
-        "HERALD_WEBHOOK_ALLOW_PRIVATE": "true",
-    }
-    processes = Processes(env, tmp_path_factory.mktemp("delivery"))
-    processes.start("daemon", "daemon")
-    processes.start("worker", "worker")
-    try:
+    with running_herald(
+        db, layout.redis_url, tmp_path_factory.mktemp("delivery"),
+        HERALD_EMAIL_PROVIDER="smtp", HERALD_SMTP_HOST="127.0.0.1", HERALD_SMTP_PORT=str(smtp.port),
+        HERALD_EMAIL_FROM="Northwind <office@northwind.example>",
+        HERALD_SMS_PROVIDER="telnyx", HERALD_TELNYX_BASE_URL=http.url,
+        HERALD_TELNYX_API_KEY="telnyx-key", HERALD_SMS_FROM="+15550000000",
+        HERALD_HTTP_TIMEOUT="1", HERALD_WEBHOOK_SIGNING_SECRET=SECRET, HERALD_WEBHOOK_ALLOW_PRIVATE="true",
+    ) as processes:
         yield processes
-    finally:
-        processes.stop_all()
 
 
 @pytest.fixture
