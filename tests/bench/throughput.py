@@ -1,6 +1,6 @@
 """Herald's speed on this machine, with everything running (PostgreSQL, Redis, daemon, worker).
 
-    .venv/bin/python -m tests.bench.throughput [--events 2000] [--rate 50] [--runs 3]
+    .venv/bin/python -m tests.bench.throughput [--events 2000] [--rate 50] [--runs 3] [--processes 1]
 
 Throughput: N jobs complete in one transaction; events/s until every run has
 delivered its email and SMS (capture provider). Latency: jobs complete one at
@@ -55,12 +55,13 @@ async def warm_up(url: str) -> int:
     return 1
 
 
-async def throughput(layout: EmbeddedLayout, events: int, log_dir: Path) -> float:
+async def throughput(layout: EmbeddedLayout, events: int, log_dir: Path, processes: int) -> float:
     url = await fresh(layout, "bench_throughput")
     async with connection(url) as conn:
         await conn.execute("INSERT INTO jobs (organization_id, client_id, title) SELECT 1, 1 + g % 3, 'B' || g"
                            " FROM generate_series(1, $1) g", events)
-    with running_herald(url, layout.redis_url, log_dir, HERALD_RECIPIENT_LIMIT="0", HERALD_LOG_LEVEL="WARNING"):
+    with running_herald(url, layout.redis_url, log_dir, HERALD_RECIPIENT_LIMIT="0", HERALD_LOG_LEVEL="WARNING",
+                        HERALD_WORKER_PROCESSES=str(processes)):
         warm = await warm_up(url)
         async with connection(url) as conn:
             started = time.monotonic()
@@ -69,14 +70,17 @@ async def throughput(layout: EmbeddedLayout, events: int, log_dir: Path) -> floa
         return events / (time.monotonic() - started)
 
 
-async def latency(layout: EmbeddedLayout, rate: float, seconds: float, log_dir: Path) -> tuple[float, float]:
+async def latency(
+    layout: EmbeddedLayout, rate: float, seconds: float, log_dir: Path, processes: int
+) -> tuple[float, float]:
     url = await fresh(layout, "bench_latency")
     count = int(rate * seconds)
     async with connection(url) as conn:
         await conn.execute("INSERT INTO jobs (organization_id, client_id, title) SELECT 1, 1 + g % 3, 'L' || g"
                            " FROM generate_series(1, $1) g", count)
         ids = [r["id"] for r in await conn.fetch("SELECT id FROM jobs WHERE title LIKE 'L%' ORDER BY id")]
-    with running_herald(url, layout.redis_url, log_dir, HERALD_RECIPIENT_LIMIT="0", HERALD_LOG_LEVEL="WARNING"):
+    with running_herald(url, layout.redis_url, log_dir, HERALD_RECIPIENT_LIMIT="0", HERALD_LOG_LEVEL="WARNING",
+                        HERALD_WORKER_PROCESSES=str(processes)):
         warm = await warm_up(url)
         async with connection(url) as conn:
             start = time.monotonic()
@@ -100,6 +104,7 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=1, help="Dramatiq worker processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="herald-bench-") as tmp:
         layout = EmbeddedLayout.for_dir(Path(tmp))
@@ -108,8 +113,8 @@ async def main() -> None:
         try:
             rates, p50s, p99s = [], [], []
             for run in range(args.runs):
-                rates.append(await throughput(layout, args.events, Path(tmp)))
-                p50, p99 = await latency(layout, args.rate, args.seconds, Path(tmp))
+                rates.append(await throughput(layout, args.events, Path(tmp), args.processes))
+                p50, p99 = await latency(layout, args.rate, args.seconds, Path(tmp), args.processes)
                 p50s.append(p50)
                 p99s.append(p99)
                 print(f"run {run + 1}: {rates[-1]:.0f} events/s; first message p50 {p50:.1f} ms, p99 {p99:.1f} ms",
