@@ -16,6 +16,8 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware.asyncio import AsyncIO
 
+from actors.middleware.rate_limits import RecipientRateLimits
+from actors.rate_limits import RateLimit
 from config.logging import configure_logging
 from config.settings import Settings, current
 
@@ -69,6 +71,7 @@ class _WakingConsumer(_RedisConsumer):
 def make_broker(settings: Settings) -> WakingRedisBroker:
     broker = WakingRedisBroker(url=settings.redis_url)
     broker.add_middleware(AsyncIO())
+    broker.add_middleware(RecipientRateLimits(RateLimit.parse_default(settings.recipient_limit)))
     return broker
 
 

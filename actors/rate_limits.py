@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from actors.durations import parse_duration
-from config.errors import RateLimitedError, WorkflowValidationError
+from config.errors import HeraldConfigError, RateLimitedError, WorkflowValidationError
 
 LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
@@ -43,10 +43,9 @@ class RateLimit:
         """``"5/1h"`` or ``"0"`` (off), as in HERALD_RECIPIENT_LIMIT."""
         count, _, window = text.partition("/")
         try:
-            limit = int(count)
-        except ValueError:
-            raise WorkflowValidationError("HERALD_RECIPIENT_LIMIT", f"{text!r} is not like '5/1h'") from None
-        return cls(limit, parse_duration(window or "1h", "HERALD_RECIPIENT_LIMIT"))
+            return cls(int(count), parse_duration(window or "1h", "HERALD_RECIPIENT_LIMIT"))
+        except (ValueError, WorkflowValidationError):
+            raise HeraldConfigError(f"HERALD_RECIPIENT_LIMIT must look like '5/1h' or '0', got {text!r}") from None
 
     def override(self, raw: Any, field: str = "rate_limit") -> RateLimit:
         """This limit with a workflow's ``rate_limit`` settings applied."""

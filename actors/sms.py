@@ -7,6 +7,6 @@ import dramatiq
 from actors.steps import run_steps
 
 
-@dramatiq.actor(queue_name="sms", max_retries=5, min_backoff=500)
+@dramatiq.actor(queue_name="sms", max_retries=5, min_backoff=500, recipient_limited=True)
 async def sms(step_ids: list[int]) -> None:
     await run_steps(step_ids, "sms")

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import aiohttp
 import asyncpg
 
+from actors.middleware.rate_limits import default_limit
 from actors.rate_limits import RateLimit
 from actors.templates import render
 from config.errors import StepError, WorkflowValidationError
@@ -58,10 +59,12 @@ class StepRun:
     def config(self) -> dict[str, Any]:
         return dict(self.step["config"])
 
-    @property
-    def rate_limit(self) -> RateLimit:
-        """The per-recipient limit: the default from settings, then the tenant's, then the workflow's."""
-        default = RateLimit.parse_default(self.settings.recipient_limit)
+    def rate_limit(self, actor_name: str) -> RateLimit | None:
+        """The per-recipient limit for this step: the middleware's default for its actor
+        (None: not limited), then the tenant's, then the workflow's."""
+        default = default_limit(actor_name)
+        if default is None:
+            return None
         return default.override(self.step.get("tenant_rate_limit")).override(self.step.get("rate_limit"))
 
     @property

@@ -29,7 +29,7 @@ class Email(Action):
         )
         provider = get_provider(run.settings.email_provider, run.settings, run.session)
         return await deliver(run, message, provider.name, provider.send, idempotent=provider.idempotent,
-                             limit=run.rate_limit)
+                             limit=run.rate_limit(self.actor))
 
 
 @register
@@ -45,4 +45,4 @@ class Sms(Action):
         message = OutboundMessage("sms", recipient, run.render(MESSAGE) or "", run.idempotency_key)
         provider = get_provider(run.settings.sms_provider, run.settings, run.session)
         return await deliver(run, message, provider.name, provider.send, idempotent=provider.idempotent,
-                             limit=run.rate_limit)
+                             limit=run.rate_limit(self.actor))

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+import actors  # noqa: F401  (declares the actors on the broker)
+from actors.middleware.rate_limits import default_limit
+from actors.rate_limits import RateLimit
 from config.errors import HeraldConfigError
 from config.settings import Settings, redact_url
 from daemon.supervisor import PROCESSES
@@ -55,3 +58,15 @@ def test_herald_up_runs_the_procfile() -> None:
     lines = (REPO / "Procfile").read_text().strip().splitlines()
     procfile = {name: command.split() for name, command in (line.split(": ", 1) for line in lines)}
     assert procfile == {name: ["herald", *args] for name, args in PROCESSES.items()}
+
+
+def test_recipient_limit_setting_is_checked() -> None:
+    assert RateLimit.parse_default("5/1h").per_recipient == 5
+    assert RateLimit.parse_default("0").per_recipient == 0
+    with pytest.raises(HeraldConfigError, match="HERALD_RECIPIENT_LIMIT must look like"):
+        RateLimit.parse_default("lots")
+
+
+def test_the_middleware_limits_only_the_actors_that_deliver_to_people() -> None:
+    assert default_limit("email") == default_limit("sms") == RateLimit.parse_default("5/1h")
+    assert default_limit("webhook") is None and default_limit("records") is None

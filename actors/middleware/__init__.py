@@ -1,0 +1,1 @@
+"""Dramatiq middleware for Herald's actors."""
