@@ -193,6 +193,11 @@ class Settings:
 
 
 
+def export_worker_settings(settings: Settings) -> None:
+    """Dramatiq reads its worker timeout from the environment when it is imported."""
+    os.environ["dramatiq_worker_timeout"] = str(settings.worker_timeout_ms)
+
+
 @functools.lru_cache(maxsize=1)
 def current() -> Settings:
     """This process's settings, built from the environment on first use."""

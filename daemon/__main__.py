@@ -19,7 +19,7 @@ import structlog
 
 from config.errors import HeraldConfigError, HeraldError, WorkflowValidationError
 from config.logging import configure_logging
-from config.settings import Settings, current, set_for_process
+from config.settings import Settings, current, export_worker_settings, set_for_process
 
 log = structlog.get_logger("herald")
 
@@ -421,6 +421,7 @@ def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    export_worker_settings(settings)  # before Dramatiq is imported
     import dramatiq.cli
 
     sys.argv = [

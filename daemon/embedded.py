@@ -145,9 +145,6 @@ class EmbeddedServers:
             return False
         return _pid_alive(pid) and self.redis_socket.exists()
 
-    def running(self) -> bool:
-        return self.postgres_running() and self.redis_running()
-
     # -- start / stop -------------------------------------------------------
 
     def start(self) -> None:

@@ -62,7 +62,6 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.children: list[Child] = []
-        self._stopping = False
 
     def start(self) -> None:
         env = self.settings.child_env()

@@ -25,9 +25,6 @@ from actors.templates import render
 from config.errors import StepError, WorkflowValidationError
 from config.settings import Settings
 
-KINDS = ("template", "object", "list", "number")
-
-
 @dataclass(frozen=True)
 class Param:
     """One configuration key. ``aliases`` are other spellings the seeds use."""
