@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,11 +17,19 @@ import asyncpg
 import pytest
 import redis
 
-from config.database import connection, migrate, quote_ident
-from config.embedded_layout import EmbeddedLayout
-from config.logging import configure_logging
-from config.settings import Settings
-from daemon.embedded import EmbeddedServers
+# The suite owns the environment it depends on: a developer's HERALD_* or
+# dramatiq_* settings, or a local time zone, must not change what Herald does
+# under test (the child processes the tests start inherit this environment).
+for _name in [name for name in os.environ if name.startswith(("HERALD_", "dramatiq_"))]:
+    del os.environ[_name]
+os.environ["TZ"] = "UTC"
+time.tzset()
+
+from config.database import connection, migrate, quote_ident  # noqa: E402
+from config.embedded_layout import EmbeddedLayout  # noqa: E402
+from config.logging import configure_logging  # noqa: E402
+from config.settings import Settings  # noqa: E402
+from daemon.embedded import EmbeddedServers  # noqa: E402
 
 # Before anything imports the actors (whose broker module would claim "worker").
 configure_logging(Settings.from_env({"HERALD_LOG_FORMAT": "console"}), process="tests")

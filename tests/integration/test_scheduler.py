@@ -85,15 +85,23 @@ async def test_inactive_clients_by_days_and_tenant(conn: asyncpg.Connection, poo
     await scheduler.close()
 
 
+@pytest.mark.parametrize("created", [
+    dt.datetime(2026, 3, 2, 4, 30, tzinfo=dt.UTC),  # before the day's 09:00: it fires that day
+    dt.datetime(2026, 3, 2, 15, 0, tzinfo=dt.UTC),  # after it: the first fire is the next day's
+], ids=["made-before-09", "made-after-09"])
 async def test_cron_fires_once_per_instant_without_catching_up(
-    conn: asyncpg.Connection, pool: asyncpg.Pool, db_url: str
+    conn: asyncpg.Connection, pool: asyncpg.Pool, db_url: str, created: dt.datetime
 ) -> None:
     await load_demo(conn)
     await import_workflow(conn, "1", {"name": "weekly", "trigger": "cron",
                                       "trigger_config": {"schedule": "0 9 * * *"}, "actions": DRAFT})
-    created = await conn.fetchval("SELECT created_at FROM herald.workflows WHERE name = 'weekly'")
+    # The test owns the clock: the workflow was made at ``created``, and every pass says when it runs.
+    await conn.execute("UPDATE herald.workflows SET created_at = $1 WHERE name = 'weekly'", created)
     scheduler = Scheduler(db_url, pool, interval_s=1)
-    first = created.replace(hour=9, minute=0, second=0, microsecond=0) + dt.timedelta(days=1)
+    first = created.replace(hour=9, minute=0, second=0, microsecond=0)
+    if first < created:
+        first += dt.timedelta(days=1)
+    assert await scheduler.tick(created) == 0  # made after the latest instant: nothing to catch up
     assert await scheduler.tick(first - dt.timedelta(minutes=1)) == 0  # before the first instant
     assert await scheduler.tick(first + dt.timedelta(minutes=5)) == 1
     assert await scheduler.tick(first + dt.timedelta(hours=3)) == 0

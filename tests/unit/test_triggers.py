@@ -34,9 +34,10 @@ def test_names_parse(name: str, entity: str, operation: str, field: str | None, 
 def test_entity_triggers_explain_themselves() -> None:
     completed = parse_trigger("job_completed")
     assert completed.explain(event("UPDATE", "job.updated", old={"status": "new"}, new={"status": "completed"})) is None
-    assert "not 'completed'" in completed.explain(
-        event("UPDATE", "job.updated", old={"status": "new"}, new={"status": "on_hold"})) or ""
-    assert "watches job events" in parse_trigger("job_created").explain(event("INSERT", "x", entity="invoice")) or ""
+    assert "not 'completed'" in (completed.explain(
+        event("UPDATE", "job.updated", old={"status": "new"}, new={"status": "on_hold"})) or "")
+    assert "watches job events" in (
+        parse_trigger("job_created").explain(event("INSERT", "x", entity="invoice")) or "")
 
 
 def test_manual_events_fire_the_trigger_of_that_name_only() -> None:
