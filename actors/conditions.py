@@ -32,6 +32,7 @@ from typing import Any
 import regex
 
 from actors.durations import parse_duration
+from actors.naming import camel_to_snake
 from config.errors import WorkflowValidationError
 
 _MISSING = object()
@@ -43,22 +44,11 @@ def resolve_path(context: dict[str, Any], path: str) -> Any:
     for part in path.split("."):
         if isinstance(value, dict) and part in value:
             value = value[part]
-        elif isinstance(value, dict) and _snake(part) in value:
-            value = value[_snake(part)]
+        elif isinstance(value, dict) and camel_to_snake(part) in value:
+            value = value[camel_to_snake(part)]
         else:
             return _MISSING
     return value
-
-
-def _snake(name: str) -> str:
-    out = []
-    for char in name:
-        if char.isupper():
-            out.append("_")
-            out.append(char.lower())
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 class Mismatch(Exception):

@@ -19,7 +19,8 @@ from typing import Any
 import asyncpg
 
 from actors.durations import parse_duration
-from config.errors import HeraldConfigError, RateLimitedError, WorkflowValidationError
+from config.errors import RateLimitedError, WorkflowValidationError
+from config.settings import parse_recipient_limit
 
 LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 
@@ -40,12 +41,10 @@ class RateLimit:
 
     @classmethod
     def parse_default(cls, text: str) -> RateLimit:
-        """``"5/1h"`` or ``"0"`` (off), as in HERALD_RECIPIENT_LIMIT."""
-        count, _, window = text.partition("/")
-        try:
-            return cls(int(count), parse_duration(window or "1h", "HERALD_RECIPIENT_LIMIT"))
-        except (ValueError, WorkflowValidationError):
-            raise HeraldConfigError(f"HERALD_RECIPIENT_LIMIT must look like '5/1h' or '0', got {text!r}") from None
+        """``"5/1h"`` or ``"0"`` (off), as in HERALD_RECIPIENT_LIMIT (checked with the
+        other settings at start; the parsing lives in config so that needs no actors)."""
+        per_recipient, window = parse_recipient_limit(text)
+        return cls(per_recipient, window)
 
     def override(self, raw: Any, field: str = "rate_limit") -> RateLimit:
         """This limit with a workflow's ``rate_limit`` settings applied."""

@@ -38,7 +38,19 @@ class RetryPolicy:
             raise WorkflowValidationError(f"{field}.{sorted(unknown)[0]}", "unknown retry setting")
         return cls(**values)
 
-    def delay_s(self, attempt: int) -> float:
-        """Seconds before retry number ``attempt`` (1-based): full jitter up to the cap."""
-        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+    def delay_s(self, attempt: int, *, rng: random.Random | None = None) -> float:
+        """Seconds before retry number ``attempt`` (1-based): full jitter, anywhere
+        from 0 up to ``min(max_delay_s, base_delay_s * 2 ** (attempt - 1))``.
+
+        Full jitter (AWS, "Exponential Backoff and Jitter") spreads the retries of
+        many steps that failed together across the whole window, so they do not
+        hit a recovering provider at the same moment. ``rng`` is for tests.
+        """
+        uniform = rng.uniform if rng is not None else random.uniform
+        return uniform(0.0, self.ceiling_s(attempt))
+
+    def ceiling_s(self, attempt: int) -> float:
+        """The longest wait before retry number ``attempt``: doubling from the base, capped."""
+        # 2.0 ** 1024 raises OverflowError; the cap is reached long before that.
+        exponent = min(max(attempt - 1, 0), 1023)
+        return min(self.max_delay_s, self.base_delay_s * 2.0**exponent)

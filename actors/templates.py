@@ -19,13 +19,9 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from jinja2.utils import missing
 
+# Re-exported: records and workflow checks map camelCase keys with the same function.
+from actors.naming import camel_to_snake as camel_to_snake
 from config.errors import TemplateRenderError
-
-_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
-
-
-def camel_to_snake(name: str) -> str:
-    return _CAMEL_BOUNDARY.sub(r"_\1", name).lower()
 
 
 class Record(dict[str, Any]):

@@ -12,14 +12,27 @@ import sys
 
 import structlog
 
-from config.settings import Settings
+from config.errors import HeraldConfigError
+from config.settings import LOG_FORMATS, LOG_LEVELS, VARIABLES, Settings
 
 _configured = False
 
 
 def configure_logging(settings: Settings, *, process: str) -> None:
-    """Configure structlog and the standard library; safe to call twice."""
+    """Configure structlog and the standard library; safe to call twice.
+
+    :meth:`Settings.from_env` has checked the level and format already; a
+    ``Settings`` built in code is checked here, with the same one-line error
+    rather than a traceback from the standard library.
+    """
     global _configured
+    level = settings.log_level.upper()
+    if level not in LOG_LEVELS:
+        raise HeraldConfigError(
+            f"{VARIABLES['log_level']} must be one of {', '.join(LOG_LEVELS)} (got {settings.log_level!r})")
+    if settings.log_format not in LOG_FORMATS:
+        raise HeraldConfigError(
+            f"{VARIABLES['log_format']} must be one of {', '.join(LOG_FORMATS)} (got {settings.log_format!r})")
     if _configured:
         return
     _configured = True
@@ -62,6 +75,6 @@ def configure_logging(settings: Settings, *, process: str) -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level)
+    root.setLevel(level)
     # aiohttp's access log repeats what the request middleware logs.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

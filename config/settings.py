@@ -6,15 +6,30 @@ Nothing outside ``config/`` reads ``os.environ``; processes build a
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from config.embedded_layout import EmbeddedLayout
 from config.errors import HeraldConfigError
+
+EmailProvider = Literal["capture", "smtp", "mailgun"]
+SmsProvider = Literal["capture", "telnyx", "twilio"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["auto", "json", "console"]
+EMAIL_PROVIDERS: tuple[str, ...] = get_args(EmailProvider)
+SMS_PROVIDERS: tuple[str, ...] = get_args(SmsProvider)
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
 
 def redact_url(url: str | None) -> str:
@@ -29,35 +44,194 @@ def redact_url(url: str | None) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
+_RECIPIENT_LIMIT = re.compile(r"^\s*(\d+)\s*(?:/\s*(\d+(?:\.\d+)?)\s*([smhdw])?\s*)?$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_RECIPIENT_LIMIT_RULE = "look like '5/1h' (messages per window; s, m, h, d, w) or '0' (no limit)"
+
+
+def parse_recipient_limit(text: str) -> tuple[int, dt.timedelta]:
+    """HERALD_RECIPIENT_LIMIT: ``"5/1h"`` is 5 messages per hour, ``"5"`` per hour
+    too, ``"0"`` no limit. Pure, so settings can check it without importing actors."""
+    match = _RECIPIENT_LIMIT.match(text)
+    window_s = float(match.group(2)) * _UNIT_S[match.group(3)] if match and match.group(2) else 3600.0
+    if not match or window_s <= 0:
+        raise HeraldConfigError(f"{VARIABLES['recipient_limit']} must {_RECIPIENT_LIMIT_RULE} (got {text!r})")
+    return int(match.group(1)), dt.timedelta(seconds=window_s)
+
+
+# -- what each variable may hold ------------------------------------------------
+# Each rule's description completes "HERALD_X must ..." in the one-line error.
+
+
+def _folded(fold: Callable[[str], str]) -> BeforeValidator:
+    """Choices are matched after trimming and folding case ("SMTP " is smtp)."""
+    return BeforeValidator(lambda value: fold(value.strip()) if isinstance(value, str) else value)
+
+
+def _recipient_limit(text: str) -> str:
     try:
-        return int(raw)
-    except ValueError:
-        raise HeraldConfigError(f"{name} must be an integer, got {raw!r}") from None
+        parse_recipient_limit(text)
+    except HeraldConfigError:
+        raise ValueError(_RECIPIENT_LIMIT_RULE) from None
+    return text.strip()
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise HeraldConfigError(f"{name} must be a number, got {raw!r}") from None
+def _url(*schemes: str) -> AfterValidator:
+    def check(url: str) -> str:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            raise ValueError("not a URL") from None
+        if parts.scheme not in schemes or not (parts.netloc or parts.path):
+            raise ValueError("not a URL")
+        return url
+
+    return AfterValidator(check)
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise HeraldConfigError(f"{name} must be true or false, got {raw!r}")
+def _choices(names: tuple[str, ...]) -> str:
+    return "be one of " + ", ".join(names)
+
+
+Port = Annotated[int, Field(ge=1, le=65535, description="be a port number from 1 to 65535")]
+Positive = Annotated[int, Field(gt=0, description="be a whole number above 0")]
+AtLeastZero = Annotated[int, Field(ge=0, description="be a whole number, 0 or more")]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False, description="be a number of seconds above 0")]
+SecondsOrZero = Annotated[float, Field(ge=0, allow_inf_nan=False, description="be a number of seconds, 0 or more")]
+Flag = Annotated[bool, Field(description="be true or false")]
+Text = Annotated[str, Field(description="be text")]
+EmailProviderName = Annotated[EmailProvider, _folded(str.lower), Field(description=_choices(EMAIL_PROVIDERS))]
+SmsProviderName = Annotated[SmsProvider, _folded(str.lower), Field(description=_choices(SMS_PROVIDERS))]
+LogLevelName = Annotated[LogLevel, _folded(str.upper), Field(description=_choices(LOG_LEVELS))]
+LogFormatName = Annotated[LogFormat, _folded(str.lower), Field(description=_choices(LOG_FORMATS))]
+RecipientLimit = Annotated[str, AfterValidator(_recipient_limit), Field(description=_RECIPIENT_LIMIT_RULE)]
+PostgresUrl = Annotated[str, _url("postgresql", "postgres"),
+                        Field(description="be a postgresql:// URL")]
+RedisUrl = Annotated[str, _url("redis", "rediss", "unix"),
+                     Field(description="be a redis://, rediss:// or unix:// URL")]
+HttpUrl = Annotated[str, _url("http", "https"), Field(description="be an http:// or https:// URL")]
+
+
+def _var(name: str) -> Any:
+    """A variable read into this field; unset or empty, the Settings default holds."""
+    return Field(None, validation_alias=name)
+
+
+class _Environment(BaseSettings):
+    """The one table of Herald's environment variables: each line maps a variable
+    to the :class:`Settings` field of the same name and says what it may hold.
+
+    It reads only the mapping :meth:`Settings.from_env` hands it (tests pass
+    their own), never the process's environment behind its back.
+    """
+
+    # Unset variables stay None (not validated) and are left to the Settings defaults.
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", validate_default=False)
+
+    database_url: PostgresUrl = _var("HERALD_DATABASE_URL")
+    redis_url: RedisUrl = _var("HERALD_REDIS_URL")
+    data_dir: Text = _var("HERALD_DATA_DIR")
+    dashboard_host: Text = _var("HERALD_DASHBOARD_HOST")
+    dashboard_port: Port = _var("HERALD_DASHBOARD_PORT")
+    log_level: LogLevelName = _var("HERALD_LOG_LEVEL")
+    log_format: LogFormatName = _var("HERALD_LOG_FORMAT")
+    worker_processes: Positive = _var("HERALD_WORKER_PROCESSES")
+    worker_threads: Positive = _var("HERALD_WORKER_THREADS")
+    worker_timeout_ms: Positive = _var("HERALD_WORKER_TIMEOUT_MS")
+    dispatch_batch_size: Positive = _var("HERALD_DISPATCH_BATCH_SIZE")
+    sweep_interval_s: Seconds = _var("HERALD_SWEEP_INTERVAL")
+    lease_s: Seconds = _var("HERALD_LEASE")
+    heartbeat_interval_s: Seconds = _var("HERALD_HEARTBEAT_INTERVAL")
+    actor_time_limit_s: Seconds = _var("HERALD_ACTOR_TIME_LIMIT")
+    watchdog_s: Seconds = _var("HERALD_WATCHDOG")
+    redis_timeout_s: Seconds = _var("HERALD_REDIS_TIMEOUT")
+    health_outbox_lag_s: SecondsOrZero = _var("HERALD_HEALTH_OUTBOX_LAG")
+    health_backlog: AtLeastZero = _var("HERALD_HEALTH_BACKLOG")
+    health_queue_depth: AtLeastZero = _var("HERALD_HEALTH_QUEUE_DEPTH")
+    health_dead_letters: AtLeastZero = _var("HERALD_HEALTH_DEAD_LETTERS")
+    health_stuck_steps: AtLeastZero = _var("HERALD_HEALTH_STUCK_STEPS")
+    email_provider: EmailProviderName = _var("HERALD_EMAIL_PROVIDER")
+    sms_provider: SmsProviderName = _var("HERALD_SMS_PROVIDER")
+    recipient_limit: RecipientLimit = _var("HERALD_RECIPIENT_LIMIT")
+    email_from: Text = _var("HERALD_EMAIL_FROM")
+    sms_from: Text = _var("HERALD_SMS_FROM")
+    http_timeout_s: Seconds = _var("HERALD_HTTP_TIMEOUT")
+    smtp_host: Text = _var("HERALD_SMTP_HOST")
+    smtp_port: Port = _var("HERALD_SMTP_PORT")
+    smtp_username: Text = _var("HERALD_SMTP_USERNAME")
+    smtp_password: Text = _var("HERALD_SMTP_PASSWORD")
+    smtp_starttls: Flag = _var("HERALD_SMTP_STARTTLS")
+    smtp_tls: Flag = _var("HERALD_SMTP_TLS")
+    mailgun_base_url: HttpUrl = _var("HERALD_MAILGUN_BASE_URL")
+    mailgun_domain: Text = _var("HERALD_MAILGUN_DOMAIN")
+    mailgun_api_key: Text = _var("HERALD_MAILGUN_API_KEY")
+    telnyx_base_url: HttpUrl = _var("HERALD_TELNYX_BASE_URL")
+    telnyx_api_key: Text = _var("HERALD_TELNYX_API_KEY")
+    twilio_base_url: HttpUrl = _var("HERALD_TWILIO_BASE_URL")
+    twilio_account_sid: Text = _var("HERALD_TWILIO_ACCOUNT_SID")
+    twilio_auth_token: Text = _var("HERALD_TWILIO_AUTH_TOKEN")
+    webhook_signing_secret: Text = _var("HERALD_WEBHOOK_SIGNING_SECRET")
+    # Comma-separated; split into a tuple by from_env.
+    webhook_allowlist: Text = _var("HERALD_WEBHOOK_ALLOWLIST")
+    webhook_allow_private: Flag = _var("HERALD_WEBHOOK_ALLOW_PRIVATE")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # the values _MappingSource read; no .env, no secrets dir
+
+    @classmethod
+    def read(cls, env: Mapping[str, str]) -> dict[str, Any]:
+        """The fields whose variables ``env`` sets, parsed and checked."""
+        try:
+            parsed = cls(**_MappingSource(cls, env)())
+        except ValidationError as exc:
+            raise HeraldConfigError(_explain(exc, env)) from None
+        return {name: getattr(parsed, name) for name in parsed.model_fields_set}
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # An empty variable counts as unset (as before: ``HERALD_X=`` keeps the default).
+        return {name: value for name, value in self._env.items() if name in _FIELDS and value != ""}
+
+
+# Settings field -> environment variable, read off the table above.
+VARIABLES: dict[str, str] = {name: str(info.validation_alias) for name, info in _Environment.model_fields.items()}
+_FIELDS = {variable: name for name, variable in VARIABLES.items()}
+
+
+def _shown(name: str, raw: str | None) -> str:
+    """`` (got '...')`` for the message, or nothing for a secret (a password, key,
+    token, or a URL that may carry a password): those never reach an error."""
+    if raw is None or name in _SECRET_FIELDS or name.endswith("_url"):
+        return ""
+    return f" (got {raw!r})"
+
+
+def _explain(exc: ValidationError, env: Mapping[str, str]) -> str:
+    """One line: each variable at fault, what it may hold, and what it held."""
+    problems: dict[str, str] = {}
+    for error in exc.errors():
+        key = str(error["loc"][0]) if error["loc"] else ""
+        name = _FIELDS.get(key, key)
+        variable = VARIABLES.get(name, key)
+        info = _Environment.model_fields.get(name)
+        rule = info.description if info is not None and info.description else "be valid"
+        problems.setdefault(variable, f"{variable} must {rule}{_shown(name, env.get(variable))}")
+    return "; ".join(problems.values())
 
 
 @dataclass(frozen=True)
@@ -86,6 +260,19 @@ class Settings:
     # Work claimed but not finished within the lease is picked up again.
     lease_s: float = 30.0
     heartbeat_interval_s: float = 5.0
+    # Longest a Dramatiq actor may run one message (well below the lease).
+    actor_time_limit_s: float = 25.0
+    # A worker process whose event loop has not answered for this long exits
+    # (non-zero) so that its supervisor restarts it; its steps go to the sweeper.
+    watchdog_s: float = 30.0
+    # Socket timeouts on Redis connections: a Redis outage is an error, not a hang.
+    redis_timeout_s: float = 5.0
+    # /health thresholds: past any of these the check fails and /health answers 503.
+    health_outbox_lag_s: float = 60.0  # oldest event not yet matched
+    health_backlog: int = 10_000  # events not yet matched
+    health_queue_depth: int = 10_000  # messages waiting in one Dramatiq queue
+    health_dead_letters: int = 0  # messages in the dead-letter queues
+    health_stuck_steps: int = 0  # steps parked with an unknown outcome in the last day
     # Which provider delivers each channel; "capture" stores and sends nothing.
     email_provider: str = "capture"  # capture | smtp | mailgun
     sms_provider: str = "capture"  # capture | telnyx | twilio
@@ -117,58 +304,40 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read, parse and check the ``HERALD_*`` variables (of ``os.environ`` by default).
+
+        A bad value raises :class:`HeraldConfigError` with one line naming the
+        variable and what it may hold; secrets are never shown. Variables are
+        mapped to fields in one place, the ``_Environment`` table.
+        """
         env = os.environ if env is None else env
-        database_url = env.get("HERALD_DATABASE_URL") or None
-        redis_url = env.get("HERALD_REDIS_URL") or None
+        values = _Environment.read(env)
+        database_url = values.pop("database_url", None)
+        redis_url = values.pop("redis_url", None)
         if (database_url is None) != (redis_url is None):
             raise HeraldConfigError(
-                "set both HERALD_DATABASE_URL and HERALD_REDIS_URL, or neither "
+                f"set both {VARIABLES['database_url']} and {VARIABLES['redis_url']}, or neither "
                 "(Herald then runs its own embedded servers)"
             )
-        layout = EmbeddedLayout.for_dir(Path(env.get("HERALD_DATA_DIR") or ".herald"))
-        return cls(
+        layout = EmbeddedLayout.for_dir(Path(values.pop("data_dir", ".herald")))
+        if "webhook_allowlist" in values:
+            values["webhook_allowlist"] = tuple(
+                host.strip() for host in values["webhook_allowlist"].split(",") if host.strip()
+            )
+        settings = cls(
             database_url=database_url or layout.database_url,
             redis_url=redis_url or layout.redis_url,
             embedded=database_url is None,
             data_dir=layout.data_dir,
-            dashboard_host=env.get("HERALD_DASHBOARD_HOST") or "127.0.0.1",
-            dashboard_port=_int(env, "HERALD_DASHBOARD_PORT", 8080),
-            log_level=(env.get("HERALD_LOG_LEVEL") or "INFO").upper(),
-            log_format=env.get("HERALD_LOG_FORMAT") or "auto",
-            worker_processes=_int(env, "HERALD_WORKER_PROCESSES", 1),
-            worker_threads=_int(env, "HERALD_WORKER_THREADS", 8),
-            worker_timeout_ms=_int(env, "HERALD_WORKER_TIMEOUT_MS", 1000),
-            dispatch_batch_size=_int(env, "HERALD_DISPATCH_BATCH_SIZE", 200),
-            sweep_interval_s=_float(env, "HERALD_SWEEP_INTERVAL", 5.0),
-            lease_s=_float(env, "HERALD_LEASE", 30.0),
-            heartbeat_interval_s=_float(env, "HERALD_HEARTBEAT_INTERVAL", 5.0),
-            email_provider=env.get("HERALD_EMAIL_PROVIDER") or "capture",
-            sms_provider=env.get("HERALD_SMS_PROVIDER") or "capture",
-            recipient_limit=env.get("HERALD_RECIPIENT_LIMIT") or "5/1h",
-            email_from=env.get("HERALD_EMAIL_FROM") or "Herald <herald@localhost>",
-            sms_from=env.get("HERALD_SMS_FROM") or "",
-            http_timeout_s=_float(env, "HERALD_HTTP_TIMEOUT", 10.0),
-            smtp_host=env.get("HERALD_SMTP_HOST") or "localhost",
-            smtp_port=_int(env, "HERALD_SMTP_PORT", 25),
-            smtp_username=env.get("HERALD_SMTP_USERNAME") or "",
-            smtp_password=env.get("HERALD_SMTP_PASSWORD") or "",
-            smtp_starttls=_bool(env, "HERALD_SMTP_STARTTLS", False),
-            smtp_tls=_bool(env, "HERALD_SMTP_TLS", False),
-            mailgun_base_url=env.get("HERALD_MAILGUN_BASE_URL") or "https://api.mailgun.net",
-            mailgun_domain=env.get("HERALD_MAILGUN_DOMAIN") or "",
-            mailgun_api_key=env.get("HERALD_MAILGUN_API_KEY") or "",
-            telnyx_base_url=env.get("HERALD_TELNYX_BASE_URL") or "https://api.telnyx.com",
-            telnyx_api_key=env.get("HERALD_TELNYX_API_KEY") or "",
-            twilio_base_url=env.get("HERALD_TWILIO_BASE_URL") or "https://api.twilio.com",
-            twilio_account_sid=env.get("HERALD_TWILIO_ACCOUNT_SID") or "",
-            twilio_auth_token=env.get("HERALD_TWILIO_AUTH_TOKEN") or "",
-            webhook_signing_secret=env.get("HERALD_WEBHOOK_SIGNING_SECRET") or "",
-            webhook_allowlist=tuple(
-                host.strip() for host in (env.get("HERALD_WEBHOOK_ALLOWLIST") or "").split(",")
-                if host.strip()
-            ),
-            webhook_allow_private=_bool(env, "HERALD_WEBHOOK_ALLOW_PRIVATE", False),
+            **values,
         )
+        _check_consistent(settings, set(values))
+        return settings
+
+    @property
+    def liveness_s(self) -> float:
+        """A daemon or worker process whose heartbeat is older than this is taken for dead."""
+        return max(3 * self.heartbeat_interval_s, 2.0)
 
     @property
     def layout(self) -> EmbeddedLayout:
@@ -183,14 +352,37 @@ class Settings:
     def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """Environment for a child process that must see these settings."""
         env = dict(os.environ if base is None else base)
-        env["HERALD_DATA_DIR"] = str(self.data_dir)
+        env[VARIABLES["data_dir"]] = str(self.data_dir)
         if not self.embedded:
-            env["HERALD_DATABASE_URL"] = self.database_url
-            env["HERALD_REDIS_URL"] = self.redis_url
-        env["HERALD_DASHBOARD_PORT"] = str(self.dashboard_port)
-        env["HERALD_DASHBOARD_HOST"] = self.dashboard_host
+            env[VARIABLES["database_url"]] = self.database_url
+            env[VARIABLES["redis_url"]] = self.redis_url
+        env[VARIABLES["dashboard_port"]] = str(self.dashboard_port)
+        env[VARIABLES["dashboard_host"]] = self.dashboard_host
         return env
 
+
+# Passwords, keys, tokens and URLs (which may carry a password): never shown.
+_SECRET_FIELDS = frozenset(f.name for f in fields(Settings) if not f.repr)
+
+
+def _check_consistent(settings: Settings, chosen: set[str]) -> None:
+    """Check the settings that depend on one another; ``chosen`` names the fields
+    the environment set (the defaults are consistent among themselves)."""
+    lease, limit = settings.lease_s, settings.actor_time_limit_s
+    # An actor must end before its lease does, or the sweeper sends its work again
+    # while it still runs. Checked when the time limit is set: a short lease alone
+    # (as the end-to-end tests use, for quick recovery) keeps the default limit.
+    if "actor_time_limit_s" in chosen and limit >= lease:
+        lease_source = "" if "lease_s" in chosen else ", the default"
+        raise HeraldConfigError(
+            f"{VARIABLES['actor_time_limit_s']} must be below {VARIABLES['lease_s']} (got {limit:g} and"
+            f" {lease:g}{lease_source}): a message still running when its lease ends would be sent again"
+        )
+    if settings.smtp_tls and settings.smtp_starttls:
+        raise HeraldConfigError(
+            f"{VARIABLES['smtp_tls']} and {VARIABLES['smtp_starttls']} must not both be true "
+            "(TLS from the start, or STARTTLS after connecting: one of the two)"
+        )
 
 
 def export_worker_settings(settings: Settings) -> None:
@@ -207,8 +399,6 @@ def current() -> Settings:
 def set_for_process(**values: str) -> None:
     """Record command-line choices (``--data-dir``, ``--port``) in the environment,
     before :func:`current` first runs, so this process and its children see them."""
-    names = {"data_dir": "HERALD_DATA_DIR", "dashboard_port": "HERALD_DASHBOARD_PORT",
-             "dashboard_host": "HERALD_DASHBOARD_HOST"}
     for key, value in values.items():
-        os.environ[names[key]] = value
+        os.environ[VARIABLES[key]] = value
     current.cache_clear()
