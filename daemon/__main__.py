@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import fcntl
 import getpass
 import json
 import os
@@ -149,19 +148,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.embedded import EmbeddedServers
+    from daemon.embedded import EmbeddedServers, hold_up_lock
     from daemon.supervisor import Supervisor
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(settings.data_dir / "up.lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    # Held for as long as this runs: it tells other commands that the servers are ours.
+    lock = hold_up_lock(settings.data_dir)
+    if lock is None:
         print(f"herald: Herald is already running on {settings.data_dir}", file=sys.stderr)
         return 1
-    servers = EmbeddedServers(settings.layout) if settings.embedded else None
-    supervisor = Supervisor(settings)
+    servers = EmbeddedServers(settings.layout, supervised=True) if settings.embedded else None
+    supervisor = Supervisor(settings, servers)
+    supervisor.install_signal_handlers()
     try:
+        supervisor.stop_leftovers()
         if servers is not None:
             servers.start()
         applied = asyncio.run(_migrate(settings))
@@ -169,18 +168,19 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             # First start of the embedded default: bring the demo along.
             asyncio.run(_demo(settings))
         supervisor.start()
-        if not supervisor.wait_for_dashboard():
-            log.error("the dashboard did not come up")
-            return 1
-        url = f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
-        print(f"\nHerald is up. Dashboard: {url}\n"
-              f"Try: herald psql -c \"UPDATE jobs SET status='completed' WHERE id=1\"\n"
-              "Press Ctrl-C to stop.\n", flush=True)
-        return supervisor.run_until_signal()
+
+        def ready() -> None:
+            url = f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
+            print(f"\nHerald is up. Dashboard: {url}\n"
+                  f"Try: herald psql -c \"UPDATE jobs SET status='completed' WHERE id=1\"\n"
+                  "Press Ctrl-C to stop.\n", flush=True)
+
+        return supervisor.run(on_ready=ready)
+    except KeyboardInterrupt:  # a signal during the start-up
+        log.info("stopping Herald during its start-up")
+        return 0
     finally:
         supervisor.stop()
-        if servers is not None:
-            servers.stop()
         lock.close()
 
 
@@ -205,7 +205,7 @@ async def _demo(settings: Settings) -> bool:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.embedded import servers_for
 
-    with servers_for(settings):
+    with servers_for(settings, redis=False):
         applied = asyncio.run(_migrate(settings))
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
     return 0
@@ -214,7 +214,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.embedded import servers_for
 
-    with servers_for(settings):
+    with servers_for(settings, redis=False):
         asyncio.run(_migrate(settings))
         asyncio.run(_demo(settings))
     return 0
@@ -236,24 +236,36 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
                                      notes_table=args.notes_table,
                                      updatable=tuple(c for c in args.updatable.split(",") if c))
 
-    with servers_for(settings):
+    with servers_for(settings, redis=False):
         qualified = asyncio.run(run())
     print(f"watching {qualified}: its inserts, updates and deletes are now Herald events")
     return 0
 
 
 def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
     import subprocess
 
-    from daemon.embedded import EmbeddedServers, postgres_bin, servers_for
+    from daemon.embedded import postgres_bin, servers_for
 
     url, env = _without_password(settings.database_url)
     command = [str(postgres_bin("psql")), url, *args.args]
-    if settings.embedded and not EmbeddedServers(settings.layout).postgres_running():
-        with servers_for(settings):
+    if not settings.embedded:
+        os.execve(command[0], command, env)
+    with servers_for(settings, redis=False) as servers:
+        assert servers is not None
+        if not servers.started_any:
+            # Running already (another command's): psql takes this command's
+            # place, keeping its claim on the servers (the users lock) open.
+            servers.keep_claim_across_exec()
+            os.execve(command[0], command, env)
+        # Started here: wait for psql, then stop them (unless someone else uses them now).
+        # Ctrl-C is psql's (it cancels a query); it must not end this process first.
+        previous = signal.signal(signal.SIGINT, lambda _signum, _frame: None)
+        try:
             return subprocess.run(command, env=env).returncode
-    os.execve(command[0], command, env)
-    return 0  # not reached
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _without_password(url: str) -> tuple[str, dict[str, str]]:
@@ -316,7 +328,7 @@ def _import_workflows(settings: Settings, args: argparse.Namespace, paths: list[
                 for warning in await template_warnings(conn, parse_workflow(document)):
                     print(f"{path}: warning: {warning}", file=sys.stderr)
 
-    with servers_for(settings):
+    with servers_for(settings, redis=False):
         asyncio.run(run())
     return 0
 
@@ -330,7 +342,7 @@ def _export_workflows(settings: Settings, args: argparse.Namespace) -> int:
         async with connection(settings.database_url) as conn:
             return await export_workflows(conn, args.tenant)
 
-    with servers_for(settings):
+    with servers_for(settings, redis=False):
         print(json.dumps(asyncio.run(run()), indent=2))
     return 0
 
@@ -388,7 +400,7 @@ def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
             return await fire_event(conn, tenant_id=args.tenant, trigger_type=args.type,
                                     payload=payload, workflow_id=args.workflow)
 
-    with servers_for(settings):
+    with servers_for(settings, redis=False):
         event_id = asyncio.run(run())
     print(f"event {event_id} fired ({args.type}, tenant {args.tenant})")
     return 0
@@ -406,7 +418,7 @@ def cmd_rate_limit(settings: Settings, args: argparse.Namespace) -> int:
         async with connection(settings.database_url) as conn:
             await set_rate_limit(conn, args.tenant, rate_limit)
 
-    with servers_for(settings):
+    with servers_for(settings, redis=False):
         asyncio.run(run())
     print(f"tenant {args.tenant}: at most {args.per_recipient} messages per channel per recipient"
           f" per {args.window}, then {args.over_limit}")
@@ -416,8 +428,7 @@ def cmd_rate_limit(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.service import run_daemon
 
-    asyncio.run(run_daemon(settings))
-    return 0
+    return asyncio.run(run_daemon(settings))
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -430,6 +441,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         "--threads", str(settings.worker_threads),
         "--skip-logging",
     ]
+    # Dramatiq's parent process exits with its worker processes' worst status:
+    # non-zero when one died abnormally (killed: 1; a lifecycle exit, see
+    # actors.middleware.lifecycle: its code), so `Restart=on-failure` and
+    # `herald up` restart it. The worker processes never outlive it.
     return int(dramatiq.cli.main() or 0)
 
 

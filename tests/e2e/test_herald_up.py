@@ -37,10 +37,10 @@ def processes_mentioning(*needles: str) -> list[str]:
 
 
 class Up:
-    def __init__(self, data_dir: Path, port: int, log: Path) -> None:
+    def __init__(self, data_dir: Path, port: int, log: Path, **env: str) -> None:
         self.data_dir, self.port, self.log = data_dir, port, log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-        self.env = env | {"HERALD_LOG_FORMAT": "json"}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+        self.env = base | {"HERALD_LOG_FORMAT": "json"} | env
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
                 herald("up", "--data-dir", str(data_dir), "--port", str(port)),
