@@ -3,7 +3,9 @@
 Builds the process's settings once, configures logging, and installs a
 Redis broker whose idle consumers block on a wake-up list instead of polling:
 an enqueue pushes a token, so a waiting worker picks the message up at once
-rather than after its poll backoff (up to ``worker_timeout``).
+rather than after its poll backoff (up to ``worker_timeout``). Its middleware:
+asyncio actors, the wake-up push, per-recipient limits, the worker heartbeat,
+and a time limit well below the lease.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
+from dramatiq.middleware import Middleware, TimeLimit
 from dramatiq.middleware.asyncio import AsyncIO
 
+from actors.middleware.heartbeat import WorkerHeartbeat
+from actors.middleware.lifecycle import WorkerLifecycle
 from actors.middleware.rate_limits import RecipientRateLimits
 from actors.rate_limits import RateLimit
 from config.logging import configure_logging
@@ -29,22 +34,30 @@ def wake_key(namespace: str, queue_name: str) -> str:
     return f"{namespace}:wake:{queue_name}"
 
 
+class WakeConsumers(Middleware):
+    """After an enqueue, push a token that wakes a consumer blocked on that queue."""
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None) -> None:
+        if delay:
+            return  # the worker holding the delayed message moves it when due
+        assert isinstance(broker, WakingRedisBroker)
+        key = wake_key(broker.namespace, message.queue_name)
+        pipe = broker.client.pipeline(transaction=False)
+        pipe.lpush(key, 1)
+        pipe.ltrim(key, 0, WAKE_TOKENS - 1)
+        pipe.execute()
+
+
 class WakingRedisBroker(RedisBroker):
-    """A RedisBroker whose enqueue wakes consumers blocked on the queue."""
+    """A RedisBroker whose idle consumers block on a wake-up list (see WakeConsumers).
+
+    The consumer subclasses Dramatiq's Redis consumer, which is not public
+    API: pyproject.toml pins Dramatiq's major version for that reason.
+    """
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
         return _WakingConsumer
-
-    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
-        message = super().enqueue(message, delay=delay)
-        if delay is None:
-            key = wake_key(self.namespace, message.queue_name)
-            pipe = self.client.pipeline(transaction=False)
-            pipe.lpush(key, 1)
-            pipe.ltrim(key, 0, WAKE_TOKENS - 1)
-            pipe.execute()
-        return message
 
 
 class _WakingConsumer(_RedisConsumer):
@@ -63,15 +76,28 @@ class _WakingConsumer(_RedisConsumer):
                         timeout=max(self.timeout, 10) / 1000,
                     )
                     return None
-            except redis.ConnectionError as exc:
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
                 raise ConnectionClosed(exc) from None
         return super().__next__()
 
 
 def make_broker(settings: Settings) -> WakingRedisBroker:
-    broker = WakingRedisBroker(url=settings.redis_url)
+    # Socket timeouts: a Redis that stops answering is an error Herald handles
+    # (the work waits in PostgreSQL), never a hang. Longer than a consumer's
+    # blocking wait for a wake-up token.
+    socket_timeout = max(settings.redis_timeout_s, settings.worker_timeout_ms / 1000 + 1)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=socket_timeout,
+                                  socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30)
+    broker = WakingRedisBroker(client=client)
+    for middleware in broker.middleware:
+        if isinstance(middleware, TimeLimit):
+            # Far below Dramatiq's 10-minute default: steps must end well within their lease.
+            middleware.time_limit = int(settings.actor_time_limit_s * 1000)
     broker.add_middleware(AsyncIO())
+    broker.add_middleware(WakeConsumers())
     broker.add_middleware(RecipientRateLimits(RateLimit.parse_default(settings.recipient_limit)))
+    broker.add_middleware(WorkerHeartbeat(settings.database_url, settings.heartbeat_interval_s))
+    broker.add_middleware(WorkerLifecycle.from_settings(settings))
     return broker
 
 

@@ -7,6 +7,7 @@ every step, and any retry, renders from what the run saw.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any
 
@@ -46,7 +47,8 @@ async def enrich(run_ids: list[int]) -> None:
     log.info("runs enriched", runs=len(runs))
     broker = dramatiq.get_broker()
     for action, step_ids in first_steps.items():
-        broker.get_actor(ACTIONS[action].actor).send(step_ids)
+        # Off the event loop: a slow Redis must not stall the other actors.
+        await asyncio.to_thread(broker.get_actor(ACTIONS[action].actor).send, step_ids)
 
 
 def _target(relation: dict[str, Any]) -> tuple[str, str, str]:

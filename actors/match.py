@@ -7,6 +7,7 @@ on the same record whose ``cancel_on`` names a trigger it fires.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
@@ -59,7 +60,8 @@ async def match(event_ids: list[int]) -> None:
     log.info("events matched", events=len(events), runs=len(started),
              skipped=len(created) - len(started), cancelled=cancelled)
     if started:
-        dramatiq.get_broker().get_actor("enrich").send(started)
+        # Off the event loop: a slow Redis must not stall the other actors.
+        await asyncio.to_thread(dramatiq.get_broker().get_actor("enrich").send, started)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from actors.actions import ACTIONS, Done, Outcome, StepRun, Wait
 from actors.broker import settings
 from actors.db import get_pool
 from actors.http import get_session
+from actors.liveness import worker_instance
 from actors.retry_policy import RetryPolicy
 from actors.templates import as_records
 from config.errors import DeliveryUnknownError, HeraldConfigError, RateLimitedError, StepError
@@ -38,7 +40,7 @@ UPDATE herald.steps s
 SET status = 'sending',
     attempts = s.attempts + CASE WHEN s.status = 'waiting' THEN 0 ELSE 1 END,
     started_at = coalesce(s.started_at, clock_timestamp()), updated_at = clock_timestamp(),
-    next_attempt_at = NULL
+    next_attempt_at = NULL, claimed_by = $3
 FROM herald.runs r
 JOIN herald.events e ON e.id = r.event_id
 JOIN herald.workflows w ON w.id = r.workflow_id
@@ -114,6 +116,41 @@ class FollowUp:
     delay_s: float = 0.0
 
 
+# Steps one worker process carries out at once. A step is claimed only when a
+# slot is free, so its lease covers work that is really running.
+DELIVERY_SLOTS = 32
+
+
+class Slots:
+    """A per-process count of free delivery slots, taken several at a time so
+    that a batch of steps is claimed in one query when the slots are there."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._changed = asyncio.Condition()
+
+    async def take(self, most: int) -> int:
+        """Wait for a free slot; take up to ``most`` of the free ones."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free > 0)
+            taken = min(most, self.free)
+            self.free -= taken
+            return taken
+
+    async def give(self, count: int = 1) -> None:
+        if count:
+            async with self._changed:
+                self.free += count
+                self._changed.notify(count)
+
+
+_slots: dict[int, Slots] = {}
+
+
+def _slots_of_this_process() -> Slots:
+    return _slots.setdefault(os.getpid(), Slots(DELIVERY_SLOTS))
+
+
 async def run_steps(step_ids: list[int], actor_name: str) -> None:
     """Carry out the claimable steps among ``step_ids`` whose action runs on ``actor_name``."""
     names = [name for name, action in ACTIONS.items() if action.actor == actor_name]
@@ -122,22 +159,56 @@ async def run_steps(step_ids: list[int], actor_name: str) -> None:
     if ACTIONS[names[0]].atomic:
         for step_id in step_ids:
             async with pool.acquire() as conn, conn.transaction():
-                step = await conn.fetchrow(CLAIM_STEPS, [step_id], names)
+                step = await conn.fetchrow(CLAIM_STEPS, [step_id], names, worker_instance())
                 if step is not None:
-                    follow_ups += await _run(conn, step)
-    else:
-        claimed = await pool.fetch(CLAIM_STEPS, step_ids, names)
+                    follow_ups += await _run(pool, step, conn)
+        await _send(follow_ups)
+        return
+    # Steps not started by the deadline go back to the queue, so that no step is
+    # ever cut off by the actor's time limit in the middle of a provider call.
+    deadline = time.monotonic() + max(settings.actor_time_limit_s - settings.http_timeout_s - 2.0,
+                                       settings.actor_time_limit_s / 2)
+    slots = _slots_of_this_process()
+    waiting = list(step_ids)
+    running: list[asyncio.Task[list[FollowUp]]] = []
 
-        async def one(step: asyncpg.Record) -> list[FollowUp]:
-            async with pool.acquire() as conn:
-                return await _run(conn, step)
+    async def one(step: asyncpg.Record) -> list[FollowUp]:
+        try:
+            return await _run(pool, step)
+        finally:
+            await slots.give()
 
-        for result in await asyncio.gather(*(one(step) for step in claimed)):
-            follow_ups += result
-    _send(follow_ups)
+    try:
+        while waiting and time.monotonic() <= deadline:
+            taken = await slots.take(len(waiting))
+            batch, waiting = waiting[:taken], waiting[taken:]
+            try:
+                claimed = await pool.fetch(CLAIM_STEPS, batch, names, worker_instance())
+            except BaseException:
+                await slots.give(taken)
+                raise
+            await slots.give(taken - len(claimed))  # done already, or someone else's
+            running += [asyncio.create_task(one(step)) for step in claimed]
+    finally:
+        results = await asyncio.gather(*running, return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        follow_ups += [f for result in results if not isinstance(result, BaseException) for f in result]
+        follow_ups += [FollowUp(step_id, names[0]) for step_id in waiting]  # not started by the deadline
+        # The siblings' follow-ups go out even when one step failed unexpectedly.
+        await _send(follow_ups)
+    for failure in failures:
+        log.error("step crashed", error=repr(failure), exc_info=failure)
+    if failures:
+        raise failures[0]
 
 
-def _send(follow_ups: list[FollowUp]) -> None:
+async def _send(follow_ups: list[FollowUp]) -> None:
+    """Send follow-up messages off the event loop: a slow Redis does not stall other steps."""
+    if follow_ups:
+        await asyncio.to_thread(_send_now, follow_ups)
+
+
+def _send_now(follow_ups: list[FollowUp]) -> None:
     broker = dramatiq.get_broker()
     grouped: dict[tuple[str, int], list[int]] = {}
     for follow_up in follow_ups:
@@ -148,26 +219,43 @@ def _send(follow_ups: list[FollowUp]) -> None:
         broker.get_actor(actor_name).send_with_options(args=(ids,), delay=delay_ms or None)
 
 
-async def _run(conn: asyncpg.Connection, step: Mapping[str, Any]) -> list[FollowUp]:
-    """Execute one claimed step and record what happened; return messages to send."""
+async def _run(pool: asyncpg.Pool, step: Mapping[str, Any],
+               conn: asyncpg.Connection | None = None) -> list[FollowUp]:
+    """Execute one claimed step and record what happened; return messages to send.
+
+    ``conn``: the claiming transaction's connection, for atomic actions. Other
+    actions hold no connection while they run and record on one taken after.
+    """
     started = time.monotonic()
     action = ACTIONS[step["action"]]
-    run = StepRun(step, as_records(step["context"]), settings, conn, await get_session())
+    run = StepRun(step, as_records(step["context"]), settings, pool, await get_session(), conn)
     with structlog.contextvars.bound_contextvars(
         run_id=step["run_id"], step_id=step["id"], tenant_id=step["tenant_id"], action=step["action"]
     ):
+        outcome: Outcome | StepError
         try:
-            if action.atomic:
+            if conn is not None:
                 async with conn.transaction():  # a savepoint: a failed write leaves nothing behind
                     outcome = await action.execute(run)
             else:
                 outcome = await action.execute(run)
         except HeraldConfigError as exc:
             # A provider that is not configured: fixable by a person, not by retrying.
-            return await _record_error(conn, step, run.rendered, StepError(str(exc)), _elapsed_ms(started))
+            outcome = StepError(str(exc))
         except StepError as exc:
-            return await _record_error(conn, step, run.rendered, exc, _elapsed_ms(started))
-        return await _record_outcome(conn, step, run.rendered, outcome, _elapsed_ms(started))
+            outcome = exc
+        elapsed_ms = _elapsed_ms(started)
+        if conn is not None:
+            return await _record(conn, step, run.rendered, outcome, elapsed_ms)
+        async with pool.acquire() as record_conn:
+            return await _record(record_conn, step, run.rendered, outcome, elapsed_ms)
+
+
+async def _record(conn: asyncpg.Connection, step: Mapping[str, Any], rendered: dict[str, Any],
+                  outcome: Outcome | StepError, elapsed_ms: int) -> list[FollowUp]:
+    if isinstance(outcome, StepError):
+        return await _record_error(conn, step, rendered, outcome, elapsed_ms)
+    return await _record_outcome(conn, step, rendered, outcome, elapsed_ms)
 
 
 def _elapsed_ms(started: float) -> int:

@@ -8,9 +8,8 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from config.database import DATABASE_ERRORS
-
 from daemon import outbox
+from daemon.loops import BROKER_ERRORS, OUTAGES
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +43,7 @@ class Dispatcher:
                     break
                 try:
                     await self.drain()
-                except DATABASE_ERRORS as exc:
+                except OUTAGES as exc:
                     log.warning("dispatch failed; will try again", error=str(exc))
         finally:
             stopping.cancel()
@@ -58,8 +57,9 @@ class Dispatcher:
                 return total
             ids = [row["id"] for row in rows]
             try:
-                self.send(ids)
-            except Exception as exc:
+                # Off the event loop: a Redis that hangs must not stall the listener.
+                await asyncio.to_thread(self.send, ids)
+            except BROKER_ERRORS as exc:
                 # Redis is unreachable: put the events back; they wait in Postgres.
                 await self.pool.execute(outbox.UNCLAIM, ids)
                 log.warning("could not send match message", events=len(ids), error=str(exc))

@@ -1,46 +1,30 @@
-"""Record that this daemon is alive; the dashboard's health check reads it."""
+"""Record that this daemon is alive; health checks read it (see actors.liveness)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import socket
-import uuid
 
 import asyncpg
-import structlog
 
+from actors.liveness import STOPPED, beat, new_instance
 from config.database import DATABASE_ERRORS
-
-from daemon import outbox
-
-log = structlog.get_logger(__name__)
+from daemon.loops import every
 
 
 class Heartbeat:
     def __init__(self, pool: asyncpg.Pool, *, interval_s: float) -> None:
         self.pool = pool
         self.interval_s = interval_s
-        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.instance = new_instance()
         self.started_at = dt.datetime.now(dt.UTC)
 
     async def beat(self) -> None:
-        await self.pool.execute(
-            outbox.HEARTBEAT, self.instance, socket.gethostname(), os.getpid(), self.started_at
-        )
+        await beat(self.pool, self.instance, "daemon", self.started_at)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.beat()
-            except DATABASE_ERRORS as exc:
-                log.warning("heartbeat failed", error=str(exc))
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-            except TimeoutError:
-                pass
+        await every(self.interval_s, self.beat, stop, name="heartbeat")
         try:
-            await self.pool.execute(outbox.HEARTBEAT_STOPPED, self.instance)
+            await self.pool.execute(STOPPED, self.instance)
         except DATABASE_ERRORS:
             pass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from actors.liveness import NOT_LIVE
+
 # Claim pending events, taking turns between tenants (each tenant's oldest first),
 # so one tenant's burst does not hold back the others. SKIP LOCKED lets several
 # daemons share the outbox.
@@ -91,26 +93,41 @@ FROM due WHERE s.id = due.id
 RETURNING s.id, s.action
 """
 
-# A step still "sending" after its lease: its worker died mid-call. If its
-# provider deduplicates by idempotency key ($2: those actions) it is sent again
-# with the same key; otherwise whether the provider got it is unknown, so it is
-# parked for a person, never resent blindly.
-RESEND_STUCK_STEPS = """
-UPDATE herald.steps s
-SET status = 'pending', updated_at = clock_timestamp()
-WHERE s.status = 'sending' AND s.updated_at < clock_timestamp() - make_interval(secs => $1)
-  AND s.action = ANY($2::text[])
-RETURNING s.id, s.action
+# A step still *sending* that nobody is working on any more: its worker process
+# is gone (no live heartbeat; $2: seconds without one), or it has been sending
+# longer than any actor may run ($1: the actor's time limit cut it off). Whether
+# it may be sent again is decided by its message row: none yet, or one that
+# failed before reaching the provider, or one whose provider drops repeats of
+# the key (resend_safe), may be; one that may have reached a provider that
+# does not (sending, unknown) is parked for a person, never resent blindly.
+STUCK_STEPS = """
+SELECT s.id, s.action,
+       (m.id IS NULL OR m.status IN ('retrying', 'failed', 'sent', 'captured') OR m.resend_safe) AS resend
+FROM herald.steps s
+LEFT JOIN herald.heartbeats h ON h.instance = s.claimed_by
+LEFT JOIN LATERAL (
+    SELECT id, status, resend_safe FROM herald.messages WHERE step_id = s.id ORDER BY id DESC LIMIT 1
+) m ON true
+WHERE s.status = 'sending'
+  AND (s.updated_at < clock_timestamp() - make_interval(secs => $1)
+       OR (s.claimed_by IS NOT NULL AND s.updated_at < clock_timestamp() - make_interval(secs => $2)
+           AND """ + NOT_LIVE.format(seconds="$2") + """))
+ORDER BY s.id LIMIT $3
+FOR UPDATE OF s SKIP LOCKED
 """
 
-PARK_UNKNOWN_STEPS = """
+RESEND_STEPS = """
+UPDATE herald.steps SET status = 'pending', claimed_by = NULL, updated_at = clock_timestamp()
+WHERE id = ANY($1::bigint[]) AND status = 'sending'
+"""
+
+PARK_STEPS = """
 WITH stuck AS (
     UPDATE herald.steps s
     SET status = 'unknown', updated_at = clock_timestamp(),
-        error = 'the worker stopped while handing the message to the provider;'
-                || ' check with the provider before retrying'
-    WHERE s.status = 'sending' AND s.updated_at < clock_timestamp() - make_interval(secs => $1)
-      AND NOT s.action = ANY($2::text[])
+        error = 'the worker stopped while handing the message to the provider, which does not drop'
+                || ' repeated messages; check with the provider before retrying'
+    WHERE s.id = ANY($1::bigint[]) AND s.status = 'sending'
     RETURNING s.run_id, s.position, s.step_key, s.action
 )
 UPDATE herald.runs r
@@ -121,10 +138,3 @@ FROM stuck WHERE r.id = stuck.run_id AND r.status = 'running'
 RETURNING r.id
 """
 
-HEARTBEAT = """
-INSERT INTO herald.heartbeats (instance, hostname, pid, started_at, last_seen_at)
-VALUES ($1, $2, $3, $4, clock_timestamp())
-ON CONFLICT (instance) DO UPDATE SET last_seen_at = clock_timestamp(), stopped_at = NULL
-"""
-
-HEARTBEAT_STOPPED = "UPDATE herald.heartbeats SET stopped_at = clock_timestamp() WHERE instance = $1"

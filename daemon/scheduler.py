@@ -24,6 +24,7 @@ from croniter import croniter
 from actors.triggers import TIME_TRIGGERS, Trigger, parse_trigger
 from config.database import DATABASE_ERRORS, connect, quote_ident, quote_qualified
 from config.errors import WorkflowValidationError
+from daemon.loops import every
 
 log = structlog.get_logger(__name__)
 
@@ -147,23 +148,21 @@ class Scheduler:
         return False
 
     async def close(self) -> None:
-        if self._leader_conn is not None and not self._leader_conn.is_closed():
-            await self._leader_conn.close()
-        self._leader_conn = None
+        conn, self._leader_conn = self._leader_conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await conn.close(timeout=5)
+            except (*DATABASE_ERRORS, TimeoutError):
+                conn.terminate()  # the server is gone: drop the socket
 
     async def run(self, stop: asyncio.Event) -> None:
+        async def lead() -> None:
+            if await self.is_leader():
+                await self.tick()
+
         try:
-            while not stop.is_set():
-                try:
-                    if await self.is_leader():
-                        await self.tick()
-                except DATABASE_ERRORS as exc:
-                    log.warning("scheduler pass failed; will try again", error=str(exc))
-                    await self.close()
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-                except TimeoutError:
-                    pass
+            # After an outage the leader connection is dropped and the lock taken anew.
+            await every(self.interval_s, lead, stop, name="scheduler pass", on_outage=self.close)
         finally:
             await self.close()
 

@@ -16,7 +16,6 @@ import structlog
 
 import actors  # noqa: F401  (sets up the broker and declares the actors)
 from actors.actions import ACTIONS
-from actors.providers import resend_safe_channels
 from config.database import create_pool
 from config.settings import Settings
 from daemon.dispatcher import Dispatcher
@@ -34,18 +33,25 @@ def _send_to(actor_name: str, ids: list[int]) -> None:
     dramatiq.get_broker().get_actor(actor_name).send(ids)
 
 
-async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    """Run the daemon's tasks until stopped; return the process's exit status.
+
+    Every loop survives database and Redis outages on its own; a task that
+    ends any other way is a bug, so its traceback is logged, the others are
+    stopped, and the daemon exits non-zero for its supervisor to restart it.
+    """
     stop = stop or asyncio.Event()
     _install_signal_handlers(stop)
     pool = await create_pool(settings.database_url, min_size=2, max_size=5)
+    status = 0
     try:
         dispatcher = Dispatcher(
             pool, lambda ids: _send_to("match", ids),
             batch_size=settings.dispatch_batch_size, idle_s=settings.sweep_interval_s,
         )
         sweeper = Sweeper(pool, _send_to, lease_s=settings.lease_s, interval_s=settings.sweep_interval_s,
-                          actor_of=lambda action: ACTIONS[action].actor,
-                          resend_safe=resend_safe_channels(settings))
+                          liveness_s=settings.liveness_s, abandoned_s=settings.actor_time_limit_s + 5,
+                          actor_of=lambda action: ACTIONS[action].actor)
         heartbeat = Heartbeat(pool, interval_s=settings.heartbeat_interval_s)
         scheduler = Scheduler(settings.database_url, pool, interval_s=settings.sweep_interval_s)
         tasks = [
@@ -56,18 +62,28 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> N
             asyncio.create_task(scheduler.run(stop), name="scheduler"),
         ]
         log.info("daemon started", instance=heartbeat.instance)
-        done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
-                                     return_when=asyncio.FIRST_COMPLETED)
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task in tasks and task.exception() is not None:
-                log.error("daemon task crashed", task=task.get_name(), error=repr(task.exception()))
-                stop.set()
+            if task is stopping:
+                continue
+            error = None if task.cancelled() else task.exception()
+            if error is None and stop.is_set():
+                continue  # it finished because Herald is stopping
+            log.error("daemon task ended unexpectedly; stopping", task=task.get_name(),
+                      exc_info=error if error is not None else False)
+            status = 1
+            stop.set()
         _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
         for task in pending:
             task.cancel()
-        log.info("daemon stopped")
+        stopping.cancel()
+        log.info("daemon stopped", status=status)
     finally:
         await pool.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().remove_signal_handler(signum)
+    return status
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:

@@ -1,7 +1,8 @@
-"""Resend work whose Dramatiq message was lost, and park steps whose outcome is unknown.
+"""Resend work whose Dramatiq message was lost, and settle steps whose worker is gone.
 
-Postgres holds every state, so a flushed Redis or a killed worker costs at
-most one lease before the work moves again.
+Postgres holds every state, so a flushed Redis costs at most one lease before
+the work moves again, and a killed worker costs the time its heartbeat takes
+to go stale (HERALD_HEARTBEAT_INTERVAL x 3).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import structlog
 
-from config.database import DATABASE_ERRORS
-
 from daemon import outbox
+from daemon.loops import every
 
 log = structlog.get_logger(__name__)
 
@@ -25,59 +25,68 @@ SendTo = Callable[[str, list[int]], object]  # (actor name, ids)
 
 
 class Sweeper:
-    """``actor_of`` maps a step's action to the actor that carries it out."""
+    """``actor_of`` maps a step's action to the actor that carries it out.
+
+    ``liveness_s``: a worker without a heartbeat for this long is gone, and
+    the steps it was sending are settled at once. ``abandoned_s``: no actor
+    runs longer than this (its time limit), so a step sending for longer has
+    been abandoned even by a live worker.
+    """
 
     def __init__(
         self, pool: asyncpg.Pool, send_to: SendTo, *, lease_s: float, interval_s: float,
-        actor_of: Callable[[str], str] = lambda action: action, resend_safe: Sequence[str] = (),
+        liveness_s: float, abandoned_s: float, actor_of: Callable[[str], str] = lambda action: action,
     ) -> None:
         self.pool = pool
         self.send_to = send_to
         self.actor_of = actor_of
-        self.resend_safe = list(resend_safe)
         self.lease_s = lease_s
         self.interval_s = interval_s
+        self.liveness_s = liveness_s
+        self.abandoned_s = max(abandoned_s, lease_s)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.sweep()
-            except DATABASE_ERRORS as exc:
-                log.warning("sweep failed; will try again", error=str(exc))
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-            except TimeoutError:
-                pass
+        await every(self.interval_s, self.sweep, stop, name="sweep")
 
     async def sweep(self) -> dict[str, int]:
         """One pass; returns how many items of each kind were sent again or parked."""
         counts: dict[str, int] = {}
         events = await self.pool.fetch(outbox.STALE_DISPATCHED, self.lease_s, SWEEP_BATCH)
         if events:
-            self.send_to("match", [row["id"] for row in events])
+            await self._send("match", [row["id"] for row in events])
         counts["events"] = len(events)
         runs = await self.pool.fetch(outbox.STALE_PENDING_RUNS, self.lease_s, SWEEP_BATCH)
         if runs:
-            self.send_to("enrich", [row["id"] for row in runs])
+            await self._send("enrich", [row["id"] for row in runs])
         counts["runs"] = len(runs)
         steps = await self.pool.fetch(outbox.STALE_PENDING_STEPS, self.lease_s, SWEEP_BATCH)
-        self._send_steps(steps)
+        await self._send_steps(steps)
         counts["steps"] = len(steps)
         due = await self.pool.fetch(outbox.DUE_STEPS, SWEEP_BATCH)
-        self._send_steps(due)
+        await self._send_steps(due)
         counts["due"] = len(due)
-        resent = await self.pool.fetch(outbox.RESEND_STUCK_STEPS, self.lease_s, self.resend_safe)
-        self._send_steps(resent)
-        counts["resent"] = len(resent)
-        parked = await self.pool.fetch(outbox.PARK_UNKNOWN_STEPS, self.lease_s, self.resend_safe)
-        counts["parked"] = len(parked)
+        async with self.pool.acquire() as conn, conn.transaction():
+            stuck = await conn.fetch(outbox.STUCK_STEPS, self.abandoned_s, self.liveness_s, SWEEP_BATCH)
+            resend = [row for row in stuck if row["resend"]]
+            park = [row["id"] for row in stuck if not row["resend"]]
+            if resend:
+                await conn.execute(outbox.RESEND_STEPS, [row["id"] for row in resend])
+            if park:
+                await conn.execute(outbox.PARK_STEPS, park)
+        await self._send_steps(resend)
+        counts["resent"] = len(resend)
+        counts["parked"] = len(park)
         if any(counts.values()):
             log.info("sweep resent lost work", **counts)
         return counts
 
-    def _send_steps(self, rows: list[asyncpg.Record]) -> None:
+    async def _send(self, actor: str, ids: list[int]) -> None:
+        # Off the event loop: a Redis that hangs must not stall the daemon's other tasks.
+        await asyncio.to_thread(self.send_to, actor, ids)
+
+    async def _send_steps(self, rows: Sequence[asyncpg.Record]) -> None:
         by_actor: dict[str, list[int]] = defaultdict(list)
         for row in rows:
             by_actor[self.actor_of(row["action"])].append(row["id"])
         for actor, ids in by_actor.items():
-            self.send_to(actor, ids)
+            await self._send(actor, ids)

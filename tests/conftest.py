@@ -25,10 +25,11 @@ for _name in [name for name in os.environ if name.startswith(("HERALD_", "dramat
 os.environ["TZ"] = "UTC"
 time.tzset()
 
-from config.database import connection, migrate, quote_ident  # noqa: E402
+from config.database import connection, create_pool, migrate, quote_ident  # noqa: E402
 from config.embedded_layout import EmbeddedLayout  # noqa: E402
 from config.logging import configure_logging  # noqa: E402
 from config.settings import Settings  # noqa: E402
+from daemon.demo import load_demo  # noqa: E402
 from daemon.embedded import EmbeddedServers  # noqa: E402
 
 # Before anything imports the actors (whose broker module would claim "worker").
@@ -92,6 +93,25 @@ async def db_url(template_database: str, layout: EmbeddedLayout) -> AsyncIterato
 async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     async with connection(db_url) as connection_:
         yield connection_
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on the test's database."""
+    pool = await create_pool(db_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+async def a_run(conn: asyncpg.Connection, status: str = "running") -> int:
+    """The demo, job 1 completed, and a run of tenant 1's workflow for its event in ``status``."""
+    await load_demo(conn)
+    await conn.execute("UPDATE jobs SET status = 'completed' WHERE id = 1")
+    workflow = await conn.fetchval("SELECT id FROM herald.workflows WHERE tenant_id = '1'")
+    event_id = await conn.fetchval("SELECT id FROM herald.events ORDER BY id LIMIT 1")
+    return await conn.fetchval(  # type: ignore[no-any-return]
+        "INSERT INTO herald.runs (tenant_id, workflow_id, event_id, status, context)"
+        " VALUES ('1', $1, $2, $3, '{}') RETURNING id", workflow, event_id, status)
 
 
 @pytest.fixture

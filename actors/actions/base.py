@@ -30,7 +30,7 @@ class Param:
     """One configuration key. ``aliases`` are other spellings the seeds use."""
 
     name: str
-    kind: str = "template"  # a template string, an object of templates, a list, a number
+    kind: str = "template"  # a template string, an object of templates, a list, a number, a boolean
     required: bool = False
     aliases: tuple[str, ...] = ()
 
@@ -48,8 +48,11 @@ class StepRun:
     step: Mapping[str, Any]
     context: dict[str, Any]
     settings: Settings
-    conn: asyncpg.Connection
+    pool: asyncpg.Pool
     session: aiohttp.ClientSession
+    # Atomic actions run inside the claiming transaction on this connection;
+    # the others (which call a provider) hold none and use ``pool`` briefly.
+    conn: asyncpg.Connection | None = None
     rendered: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -144,10 +147,11 @@ def _check_kind(kind: str, value: Any, field: str) -> None:
         "object": isinstance(value, dict),
         "list": isinstance(value, list),
         "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
     }[kind]
     if not ok:
         expected = {"template": "a non-empty string", "object": "an object", "list": "a list",
-                    "number": "a number"}[kind]
+                    "number": "a number", "boolean": "true or false"}[kind]
         raise WorkflowValidationError(field, f"must be {expected}")
 
 

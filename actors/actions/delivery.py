@@ -4,7 +4,8 @@ The message row is written (*sending*) before the provider is called and
 updated after. A second attempt at the same step finds the row: delivered
 means done, *retrying* (the last attempt failed transiently) means try again
 with the same key, and *sending* or *unknown* means an earlier attempt may
-have reached the provider, so it is never sent blindly again.
+have reached the provider: sent again with the same key only when the row
+says the provider deduplicates by it (``resend_safe``), never blindly.
 """
 
 from __future__ import annotations
@@ -16,32 +17,26 @@ from actors.providers import OutboundMessage, ProviderResult
 from actors.rate_limits import RateLimit, admit
 from config.errors import DeliveryUnknownError, StepError
 
+EXISTING_ID = "SELECT id FROM herald.messages WHERE idempotency_key = $1"
+
 INSERT_MESSAGE = """
 INSERT INTO herald.messages
     (tenant_id, run_id, step_id, channel, provider, idempotency_key, recipient, subject, body,
-     html_body, status)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'sending')
+     html_body, status, resend_safe)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'sending', $11)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id
 """
 
-# Only a row left by a transient failure may be tried again.
-RETRY_MESSAGE = """
-UPDATE herald.messages SET status = 'sending'
-WHERE idempotency_key = $1 AND status = 'retrying'
+# Only a row left by a transient failure (or, where the provider deduplicates
+# by the key, by an attempt of unknown outcome) may be sent again.
+CLAIM_MESSAGE = """
+UPDATE herald.messages SET status = 'sending', resend_safe = $2
+WHERE idempotency_key = $1 AND (status = 'retrying' OR ($2 AND status IN ('sending', 'unknown')))
 RETURNING id
 """
-
-EXISTING_ID = "SELECT id FROM herald.messages WHERE idempotency_key = $1"
 
 EXISTING = "SELECT id, status, provider_message_id FROM herald.messages WHERE idempotency_key = $1"
-
-# The provider deduplicates by key: an attempt of unknown outcome may be repeated.
-RESEND_UNKNOWN = """
-UPDATE herald.messages SET status = 'sending'
-WHERE idempotency_key = $1 AND status IN ('sending', 'unknown')
-RETURNING id
-"""
 
 SET_STATUS = "UPDATE herald.messages SET status = $2, provider_message_id = coalesce($3, provider_message_id) WHERE id = $1"
 
@@ -56,46 +51,55 @@ async def deliver(
 ) -> Done:
     """Record ``message`` and send it once; the step's outcome follows the provider's answer.
 
-    ``idempotent``: the provider deduplicates by the key, so an earlier attempt
-    of unknown outcome is repeated (with the same key) rather than parked.
+    No database connection is held while the provider is called: a slow
+    provider does not starve the pool. ``idempotent``: the provider (or a
+    webhook receiver) drops repeats of the key, so an attempt of unknown
+    outcome is sent again with the same key, within the retry budget, rather
+    than parked for a person.
     """
-    conn = run.conn
     step = run.step
-    message_id = None
-    async with conn.transaction():
-        if await conn.fetchval(EXISTING_ID, message.idempotency_key) is None:
-            # A new message counts against the recipient's limit; a retry of one does not.
-            if limit is not None:
-                await admit(conn, limit, step["tenant_id"], message.channel, message.recipient)
-            message_id = await conn.fetchval(
-                INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel,
-                provider_name, message.idempotency_key, message.recipient, message.subject, message.body,
-                message.html_body,
+    async with run.pool.acquire() as conn:
+        message_id = None
+        async with conn.transaction():
+            if await conn.fetchval(EXISTING_ID, message.idempotency_key) is None:
+                # A new message counts against the recipient's limit; a resend of one does not.
+                if limit is not None:
+                    await admit(conn, limit, step["tenant_id"], message.channel, message.recipient)
+                message_id = await conn.fetchval(
+                    INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel,
+                    provider_name, message.idempotency_key, message.recipient, message.subject, message.body,
+                    message.html_body, idempotent,
+                )
+        message_id = message_id or await conn.fetchval(CLAIM_MESSAGE, message.idempotency_key, idempotent)
+        if message_id is None:
+            existing = await conn.fetchrow(EXISTING, message.idempotency_key)
+            if existing["status"] in DELIVERED:
+                # Delivered by an earlier attempt whose bookkeeping was lost.
+                return Done({"already_delivered": True, "provider_message_id": existing["provider_message_id"]})
+            if existing["status"] == "failed":
+                raise StepError(f"the provider refused message {message.idempotency_key} before")
+            raise DeliveryUnknownError(
+                f"message {message.idempotency_key} was handed to the provider before and its outcome"
+                " is unknown; not sending it again"
             )
-    message_id = message_id or await conn.fetchval(RETRY_MESSAGE, message.idempotency_key)
-    if message_id is None and idempotent:
-        message_id = await conn.fetchval(RESEND_UNKNOWN, message.idempotency_key)
-    if message_id is None:
-        existing = await conn.fetchrow(EXISTING, message.idempotency_key)
-        if existing["status"] in DELIVERED:
-            # Delivered by an earlier attempt whose bookkeeping was lost.
-            return Done({"already_delivered": True, "provider_message_id": existing["provider_message_id"]})
-        raise DeliveryUnknownError(
-            f"message {message.idempotency_key} was handed to the provider before and its outcome"
-            " is unknown; not sending it again"
-        )
+    # Cancelled or crashed mid-call, the row stays *sending*: whether it went out
+    # is unknown, and the sweeper settles it once this worker is gone.
     try:
         result = await send(message)
-    except DeliveryUnknownError:
-        await conn.execute(SET_STATUS, message_id, "unknown", None)
+    except DeliveryUnknownError as exc:
+        if idempotent:
+            # The provider drops a repeated key: sending again is how to find out.
+            await _set_status(run, message_id, "retrying")
+            raise StepError(f"{exc}; sending again with the same idempotency key", permanent=False) from None
+        await _set_status(run, message_id, "unknown")
         raise
     except StepError as exc:
-        await conn.execute(SET_STATUS, message_id, "failed" if exc.permanent else "retrying", None)
+        await _set_status(run, message_id, "failed" if exc.permanent else "retrying")
         raise
-    except BaseException:
-        # Cancelled or crashed mid-call: whether it went out is unknown.
-        await conn.execute(SET_STATUS, message_id, "unknown", None)
-        raise
-    await conn.execute(SET_STATUS, message_id, result.status, result.provider_message_id)
+    await _set_status(run, message_id, result.status, result.provider_message_id)
     return Done({"status": result.status, "provider_message_id": result.provider_message_id,
                  **result.response})
+
+
+async def _set_status(run: StepRun, message_id: int, status: str, provider_message_id: str | None = None) -> None:
+    await run.pool.execute(SET_STATUS, message_id, status, provider_message_id)

@@ -14,6 +14,8 @@ from config.errors import WorkflowValidationError
 
 URL = Param("url", required=True)
 PAYLOAD = Param("payload", kind="object")
+# The receiver drops repeats of an Idempotency-Key: an attempt of unknown outcome may be sent again.
+RECEIVER_DEDUPLICATES = Param("receiver_deduplicates", kind="boolean")
 
 
 def default_payload(context: dict[str, Any]) -> dict[str, Any]:
@@ -28,7 +30,7 @@ def default_payload(context: dict[str, Any]) -> dict[str, Any]:
 class Webhook(Action):
     name = "webhook"
     actor = "webhook"
-    params = (URL, PAYLOAD)
+    params = (URL, PAYLOAD, RECEIVER_DEDUPLICATES)
 
     def check(self, config: dict[str, Any], field: str) -> None:  # type: ignore[override]
         url = str(config["url"])
@@ -47,4 +49,4 @@ class Webhook(Action):
                                          idempotency_key=message.idempotency_key)
 
         message = OutboundMessage("webhook", url, body, run.idempotency_key)
-        return await deliver(run, message, "webhook", send)
+        return await deliver(run, message, "webhook", send, idempotent=run.param(RECEIVER_DEDUPLICATES) is True)

@@ -25,17 +25,6 @@ REQUIRED = {
 
 _built: dict[str, Provider] = {}
 
-IDEMPOTENT = {"capture": CaptureProvider.idempotent, "smtp": SmtpProvider.idempotent,
-              "mailgun": MailgunProvider.idempotent, "telnyx": TelnyxProvider.idempotent,
-              "twilio": TwilioProvider.idempotent}
-
-
-def resend_safe_channels(settings: Settings) -> list[str]:
-    """Channels whose configured provider deduplicates by idempotency key: a step
-    left *sending* by a dead worker may be sent again instead of being parked."""
-    return [channel for channel in ("email", "sms")
-            if IDEMPOTENT.get(settings.provider_for(channel), False)]
-
 
 def get_provider(name: str, settings: Settings, session: aiohttp.ClientSession) -> Provider:
     """The process's provider called ``name`` (built once, sharing the session)."""

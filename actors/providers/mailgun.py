@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 
 from actors.providers.base import OutboundMessage, ProviderResult
-from actors.providers.http import HttpProvider, request
+from actors.providers.http import HttpProvider, form_body, request
 
 
 class MailgunProvider(HttpProvider):
@@ -25,7 +25,7 @@ class MailgunProvider(HttpProvider):
         _, body = await request(
             self.session, "POST",
             f"{self.settings.mailgun_base_url.rstrip('/')}/v3/{self.settings.mailgun_domain}/messages",
-            provider="mailgun", settings=self.settings, data=form,
+            provider="mailgun", settings=self.settings, body=form_body(form),
             headers={"Authorization": aiohttp.encode_basic_auth("api", self.settings.mailgun_api_key)},
         )
         message_id = body.get("id") if isinstance(body, dict) else None

@@ -1,6 +1,9 @@
 """Email over SMTP (aiosmtplib): plain text with an optional HTML alternative.
 
-The Message-ID is derived from the idempotency key, so a relay that
+A lost connection before DATA is retried; from DATA on, the outcome is
+unknown (RFC 5321 4.1.1.4 / RFC 1047: a server may accept a message whose
+250 reply never arrives), and SMTP has no way to ask, so it is never resent
+blindly. The Message-ID is derived from the idempotency key, so a relay that
 deduplicates by Message-ID sees a resend as the same message.
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from email.message import EmailMessage
 from email.utils import formatdate
+from typing import Any
 
 import aiosmtplib
 
@@ -46,26 +50,44 @@ class SmtpProvider:
     async def send(self, message: OutboundMessage) -> ProviderResult:
         settings = self.settings
         mail = self.compose(message)
+        client = _TrackedSMTP(
+            hostname=settings.smtp_host, port=settings.smtp_port,
+            username=settings.smtp_username or None, password=settings.smtp_password or None,
+            use_tls=settings.smtp_tls, start_tls=settings.smtp_starttls or None,
+            timeout=settings.http_timeout_s,
+        )
         try:
-            await aiosmtplib.send(
-                mail, hostname=settings.smtp_host, port=settings.smtp_port,
-                username=settings.smtp_username or None, password=settings.smtp_password or None,
-                use_tls=settings.smtp_tls, start_tls=settings.smtp_starttls or None,
-                timeout=settings.http_timeout_s,
-            )
-        except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPConnectTimeoutError, OSError) as exc:
-            raise StepError(f"SMTP server {settings.smtp_host}:{settings.smtp_port} unreachable"
-                            f" ({type(exc).__name__}); will retry", permanent=False) from None
+            async with client:
+                await client.send_message(mail)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0]
             raise StepError(f"SMTP server refused {message.recipient}: {refusal.code} {refusal.message}",
                             permanent=refusal.code >= 500) from None
         except aiosmtplib.SMTPResponseException as exc:
+            # The server answered: whatever it said, it did not take the message.
             raise StepError(f"SMTP server answered {exc.code}: {exc.message}",
                             permanent=exc.code >= 500) from None
-        except (aiosmtplib.SMTPTimeoutError, aiosmtplib.SMTPServerDisconnected) as exc:
-            raise DeliveryUnknownError(
-                f"SMTP server stopped answering mid-delivery ({type(exc).__name__}); the message may"
-                " or may not have been accepted"
-            ) from None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            if client.data_started:
+                raise DeliveryUnknownError(
+                    f"SMTP server stopped answering after the message was sent ({type(exc).__name__});"
+                    " it may or may not have been accepted"
+                ) from None
+            raise StepError(f"SMTP server {settings.smtp_host}:{settings.smtp_port} failed before the"
+                            f" message was sent ({type(exc).__name__}); will retry", permanent=False) from None
         return ProviderResult("sent", mail["Message-ID"], {"provider": "smtp", "id": mail["Message-ID"]})
+
+
+class _TrackedSMTP(aiosmtplib.SMTP):
+    """An SMTP client that records when the message itself starts to go out.
+
+    Before DATA a lost connection means the server took nothing, so the send
+    is retried; from DATA on the server may have accepted the message
+    without Herald hearing it, so the outcome is unknown.
+    """
+
+    data_started = False
+
+    async def data(self, message: str | bytes, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.data_started = True
+        return await super().data(message, **kwargs)

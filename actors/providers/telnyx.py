@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from actors.providers.base import OutboundMessage, ProviderResult
-from actors.providers.http import HttpProvider, request
+from actors.providers.http import HttpProvider, json_body, request
 
 
 class TelnyxProvider(HttpProvider):
@@ -14,7 +14,7 @@ class TelnyxProvider(HttpProvider):
         _, body = await request(
             self.session, "POST", f"{self.settings.telnyx_base_url.rstrip('/')}/v2/messages",
             provider="telnyx", settings=self.settings,
-            json={"from": self.settings.sms_from, "to": message.recipient, "text": message.body},
+            body=json_body({"from": self.settings.sms_from, "to": message.recipient, "text": message.body}),
             headers={"Authorization": f"Bearer {self.settings.telnyx_api_key}",
                      "Idempotency-Key": message.idempotency_key},
         )

@@ -1,5 +1,11 @@
 """Signed webhook POSTs on their own session, whose resolver vets every address.
 
+Every attempt at one step carries the same ``Idempotency-Key`` (also as
+``webhook-id``, the Standard Webhooks name, and ``X-Herald-Idempotency-Key``),
+so a receiver can drop repeats. A workflow whose receiver does may say so
+(``"receiver_deduplicates": true`` on the step), and an attempt of unknown
+outcome is then sent again instead of being parked.
+
 Signature: ``X-Herald-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">``
 with HERALD_WEBHOOK_SIGNING_SECRET; receivers recompute it and reject old ``t``.
 """
@@ -17,7 +23,7 @@ import aiohttp
 from actors.lazy import PerProcess
 from actors.netguard import check_url, resolver_kwargs
 from actors.providers.base import ProviderResult
-from actors.providers.http import request
+from actors.providers.http import TrackedBody, request
 from config.settings import Settings
 
 _sessions: dict[bool, PerProcess[aiohttp.ClientSession]] = {}
@@ -52,12 +58,13 @@ async def deliver_webhook(
 ) -> ProviderResult:
     host = check_url(url, settings)
     body = json.dumps(payload, default=str, sort_keys=True).encode()
-    headers = {"Content-Type": "application/json", "User-Agent": "Herald",
+    # The same key on every attempt of one step, so a receiver can drop a repeat.
+    headers = {"User-Agent": "Herald", "Idempotency-Key": idempotency_key, "webhook-id": idempotency_key,
                "X-Herald-Idempotency-Key": idempotency_key}
     if settings.webhook_signing_secret:
         headers["X-Herald-Signature"] = signature(settings.webhook_signing_secret, int(time.time()), body)
     status, answer = await request(
         await _webhook_session(settings), "POST", url, provider=f"webhook {host}", settings=settings,
-        data=body, headers=headers, allow_redirects=False,
+        body=TrackedBody(body, "application/json"), headers=headers, allow_redirects=False,
     )
     return ProviderResult("sent", None, {"status": status, "answer": answer if isinstance(answer, dict) else None})

@@ -18,7 +18,6 @@ import asyncpg
 import pytest
 import redis
 
-from config.database import create_pool
 from config.embedded_layout import EmbeddedLayout
 from config.settings import Settings
 from daemon.demo import load_demo
@@ -37,13 +36,6 @@ TITLE = "T{}"
 async def telnyx() -> AsyncIterator[FakeTelnyx]:
     async with FakeTelnyx() as fake:
         yield fake
-
-
-@pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(db_url, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture
@@ -96,9 +88,10 @@ async def flow_with_fault(
         per_job = Counter(text.split()[1] for text in telnyx.delivered.values())
         duplicates = sum(n - 1 for n in per_job.values() if n > 1)
         missing = sum(1 for n in range(1, EVENTS + 1) if TITLE.format(n) not in per_job)
+        parked = await pool.fetchval("SELECT count(*) FROM herald.steps WHERE status = 'unknown'")
         print(f"\n{name}: events={EVENTS} delivered={len(telnyx.delivered)} duplicates={duplicates}"
-              f" missing={missing} (provider saw {telnyx.replays} repeated keys)")
-    assert (duplicates, missing) == (0, 0)
+              f" missing={missing} parked={parked} (provider saw {telnyx.replays} repeated keys)")
+    assert (duplicates, missing, parked) == (0, 0, 0)
     statuses = await pool.fetch("SELECT status, count(*) FROM herald.runs GROUP BY 1")
     assert {row["status"]: row["count"] for row in statuses} == {"completed": EVENTS + extra_runs}
 

@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+import redis
 
-from config.database import create_pool
-from daemon.demo import load_demo
 from daemon.dispatcher import Dispatcher
 from daemon.sweeper import Sweeper
-
-
-@pytest.fixture
-async def pool(db_url: str) -> asyncpg.Pool:
-    pool = await create_pool(db_url, min_size=1, max_size=3)
-    yield pool
-    await pool.close()
+from tests.conftest import a_run
 
 
 async def make_events(conn: asyncpg.Connection, count: int) -> list[int]:
@@ -48,7 +41,7 @@ async def test_events_go_back_to_pending_when_the_queue_is_down(
     await make_events(conn, 3)
 
     def redis_down(ids: list[int]) -> None:
-        raise ConnectionError("redis is down")
+        raise redis.ConnectionError("Error 111 connecting to redis")
 
     assert await Dispatcher(pool, redis_down, batch_size=10, idle_s=1).drain() == 0
     assert await conn.fetchval("SELECT count(*) FROM herald.events WHERE state = 'pending'") == 3
@@ -60,7 +53,8 @@ async def test_sweeper_resends_lost_messages_after_the_lease(
     ids = await make_events(conn, 3)
     await Dispatcher(pool, lambda ids: None, batch_size=10, idle_s=1).drain()  # message lost
     resent: list[tuple[str, list[int]]] = []
-    sweeper = Sweeper(pool, lambda actor, ids: resent.append((actor, ids)), lease_s=60, interval_s=1)
+    sweeper = Sweeper(pool, lambda actor, ids: resent.append((actor, ids)), lease_s=60, interval_s=1,
+                      liveness_s=15, abandoned_s=30)
     assert (await sweeper.sweep())["events"] == 0  # still within the lease
     await conn.execute("UPDATE herald.events SET dispatched_at = now() - interval '2 minutes'")
     assert (await sweeper.sweep())["events"] == 3
@@ -68,42 +62,77 @@ async def test_sweeper_resends_lost_messages_after_the_lease(
     assert await conn.fetchval("SELECT max(dispatch_count) FROM herald.events") == 2
 
 
-@pytest.mark.parametrize("idempotent_provider", [False, True])
-async def test_sweeper_handles_a_step_stuck_sending_and_resends_a_pending_one(
-    conn: asyncpg.Connection, pool: asyncpg.Pool, idempotent_provider: bool
+LIVE, DEAD = "live-worker", "dead-worker"
+
+
+@pytest.mark.parametrize(
+    ("claimed_by", "sending_for_s", "message", "expected"),
+    [
+        # The worker that claimed it is gone: settle it at once, by what its message row says.
+        (DEAD, 20, None, "resent"),  # never reached the provider
+        (DEAD, 20, ("sending", False), "parked"),  # may have reached one that does not drop repeats
+        (DEAD, 20, ("unknown", False), "parked"),
+        (DEAD, 20, ("sending", True), "resent"),  # the provider drops repeats of the key
+        (DEAD, 20, ("retrying", False), "resent"),  # failed before the provider took it
+        (DEAD, 20, ("sent", False), "resent"),  # delivered; the resend only records it
+        # Its worker is alive and within the actor's time limit: a slow provider, not a stall.
+        (LIVE, 20, ("sending", False), "left"),
+        (LIVE, 20, None, "left"),
+        # Longer than any actor may run: abandoned even by a live worker.
+        (LIVE, 120, ("sending", False), "parked"),
+        (LIVE, 120, ("sending", True), "resent"),
+        # Claimed before workers beat (no claimant): the lease alone decides.
+        (None, 20, ("sending", False), "left"),
+        (None, 120, ("sending", False), "parked"),
+    ],
+)
+async def test_sweeper_settles_a_step_stuck_sending_by_its_worker_and_its_message(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, claimed_by: str | None, sending_for_s: int,
+    message: tuple[str, bool] | None, expected: str,
 ) -> None:
-    await load_demo(conn)
-    await conn.execute("UPDATE jobs SET status = 'completed' WHERE id IN (1, 2)")
-    workflow = await conn.fetchval("SELECT id FROM herald.workflows WHERE tenant_id = '1'")
-    run_ids = []
-    for event_id in [r["id"] for r in await conn.fetch("SELECT id FROM herald.events ORDER BY id")]:
-        run_ids.append(await conn.fetchval(
-            "INSERT INTO herald.runs (tenant_id, workflow_id, event_id, status) VALUES ('1', $1, $2, 'running')"
-            " RETURNING id", workflow, event_id))
-    stuck, waiting = run_ids
-    step_ids = {}
-    for run_id, status in ((stuck, "sending"), (waiting, "pending")):
-        step_ids[run_id] = await conn.fetchval(
-            "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status,"
-            " updated_at) VALUES ($1, '1', 0, 'step-1', 'email', '{}', $2, now() - interval '1 hour')"
-            " RETURNING id", run_id, status)
+    run_id = await a_run(conn)
+    for instance, age_s in ((LIVE, 1), (DEAD, 60)):
+        await conn.execute(
+            "INSERT INTO herald.heartbeats (instance, hostname, pid, started_at, last_seen_at, kind)"
+            " VALUES ($1, 'host', 1, now(), now() - make_interval(secs => $2), 'worker')", instance, age_s)
+    step_id = await conn.fetchval(
+        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, claimed_by,"
+        " updated_at) VALUES ($1, '1', 0, 'step-1', 'sms', '{}', 'sending', $2,"
+        " now() - make_interval(secs => $3)) RETURNING id", run_id, claimed_by, sending_for_s)
+    if message is not None:
+        await conn.execute(
+            "INSERT INTO herald.messages (tenant_id, run_id, step_id, channel, provider, idempotency_key,"
+            " recipient, body, status, resend_safe) VALUES ('1', $1, $2, 'sms', 'p', 'k', '+1555', 'hi', $3, $4)",
+            run_id, step_id, *message)
     resent: list[tuple[str, list[int]]] = []
     sweeper = Sweeper(pool, lambda a, i: resent.append((a, i)), lease_s=30, interval_s=1,
-                      resend_safe=["email"] if idempotent_provider else [])
+                      liveness_s=15, abandoned_s=60)
     counts = await sweeper.sweep()
-    assert counts["steps"] == 1
-    run = await conn.fetchrow("SELECT status, error FROM herald.runs WHERE id = $1", stuck)
-    stuck_status = await conn.fetchval("SELECT status FROM herald.steps WHERE id = $1", step_ids[stuck])
-    if idempotent_provider:
-        # The provider deduplicates by key: send it again rather than bother a person.
-        assert counts["resent"] == 1 and counts["parked"] == 0
-        assert sorted(resent) == [("email", [step_ids[stuck]]), ("email", [step_ids[waiting]])]
-        assert (run["status"], stuck_status) == ("running", "pending")
-    else:
-        assert counts["parked"] == 1 and counts["resent"] == 0
-        assert resent == [("email", [step_ids[waiting]])]
+    step = await conn.fetchrow("SELECT status, claimed_by FROM herald.steps WHERE id = $1", step_id)
+    run = await conn.fetchrow("SELECT status, error FROM herald.runs WHERE id = $1", run_id)
+    if expected == "resent":
+        assert (counts["resent"], counts["parked"]) == (1, 0)
+        assert resent == [("sms", [step_id])]
+        assert (step["status"], step["claimed_by"], run["status"]) == ("pending", None, "running")
+    elif expected == "parked":
+        assert (counts["resent"], counts["parked"]) == (0, 1) and resent == []
+        assert step["status"] == "unknown"
         assert run["status"] == "failed" and "outcome unknown" in run["error"]
-        assert stuck_status == "unknown"
+    else:
+        assert (counts["resent"], counts["parked"]) == (0, 0) and resent == []
+        assert (step["status"], run["status"]) == ("sending", "running")
+
+
+async def test_sweeper_resends_a_pending_step_nobody_started(conn: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+    run_id = await a_run(conn)
+    step_id = await conn.fetchval(
+        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, updated_at)"
+        " VALUES ($1, '1', 0, 'step-1', 'email', '{}', 'pending', now() - interval '1 hour') RETURNING id", run_id)
+    resent: list[tuple[str, list[int]]] = []
+    sweeper = Sweeper(pool, lambda a, i: resent.append((a, i)), lease_s=30, interval_s=1,
+                      liveness_s=15, abandoned_s=60)
+    assert (await sweeper.sweep())["steps"] == 1
+    assert resent == [("email", [step_id])]
 
 
 async def test_tenants_take_turns_when_one_bursts(conn: asyncpg.Connection, pool: asyncpg.Pool) -> None:

@@ -81,13 +81,14 @@ async def test_mailgun_sends_form_with_the_key_as_custom_variable(server: FakeHT
     assert result.provider_message_id == "<mg-1@mg.example.com>"
 
 
-async def test_twilio_sends_form_with_its_idempotency_token(server: FakeHTTPServer, session: Any) -> None:
+async def test_twilio_sends_form_and_is_not_resend_safe(server: FakeHTTPServer, session: Any) -> None:
     path = "/2010-04-01/Accounts/AC1/Messages.json"
     server.answer(path, Answer(201, {"sid": "SM1"}))
     result = await TwilioProvider(settings_for(server.url), session).send(SMS)
     [sent] = server.on(path)
     assert sent.form == {"From": "+15550000000", "To": "+15550101001", "Body": "Job done"}
-    assert sent.headers["I-Twilio-Idempotency-Token"] == "wf:1:step-2"
+    # Twilio's Messages API takes no idempotency key: an ambiguous attempt must be parked, not resent.
+    assert "I-Twilio-Idempotency-Token" not in sent.headers and not TwilioProvider.idempotent
     assert result.provider_message_id == "SM1"
 
 
@@ -123,7 +124,7 @@ async def test_http_failures_are_sorted(
 
 async def test_no_answer_after_sending_is_unknown_not_retried(server: FakeHTTPServer, session: Any) -> None:
     server.answer("/v2/messages", Answer(200, {"data": {"id": "late"}}, delay_s=3))
-    with pytest.raises(DeliveryUnknownError, match="may or may not have been delivered"):
+    with pytest.raises(DeliveryUnknownError, match="may or may not have taken the message"):
         await TelnyxProvider(settings_for(server.url), session).send(SMS)
     assert len(server.requests) == 1  # it did reach the provider
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from config.database import create_pool
 from daemon.demo import load_demo
 from daemon.scheduler import Scheduler, last_cron_instant
 from daemon.triggering import fire_event
@@ -19,13 +17,6 @@ from tests.conftest import wait_until
 
 NOW = dt.datetime.now(dt.UTC)
 DRAFT = [{"type": "draft_email", "args": {"subject": "Overdue", "body": "Please pay"}}]
-
-
-@pytest.fixture
-async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(db_url, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
 
 
 async def scheduled(conn: asyncpg.Connection) -> list[tuple[str, str, str]]:
