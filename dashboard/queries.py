@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 
 RUNS = """
 SELECT r.id, r.tenant_id, r.workflow_id, w.name AS workflow_name, r.event_id,
@@ -27,18 +30,84 @@ WHERE run_id = ANY($1::bigint[])
 ORDER BY run_id, position
 """
 
+# Health: events not yet matched. Two arms so that each uses its partial index
+# (events_pending, events_dispatched) instead of scanning every matched event.
 OUTBOX_BACKLOG = """
-SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
+SELECT count(*) AS unmatched,
+       count(*) FILTER (WHERE state = 'pending') AS pending,
        count(*) FILTER (WHERE state = 'dispatched') AS dispatched,
        extract(epoch FROM clock_timestamp() - min(created_at))::float8 AS oldest_s
-FROM herald.events WHERE state <> 'matched'
+FROM (
+    SELECT state, created_at FROM herald.events WHERE state = 'pending'
+    UNION ALL
+    SELECT state, created_at FROM herald.events WHERE state = 'dispatched'
+) unmatched
 """
 
-LIVE_DAEMONS = """
-SELECT instance, last_seen_at, extract(epoch FROM clock_timestamp() - last_seen_at)::float8 AS age_s
-FROM herald.heartbeats WHERE stopped_at IS NULL
-ORDER BY last_seen_at DESC
+# Health: daemon and worker processes that have not said they stopped and were
+# seen in the last $2 seconds (older rows are processes that died long ago), each
+# with whether it is live (beat within $1 seconds). All are counted; the $3 most
+# recent of each kind are listed.
+HEARTBEATS = """
+WITH clock AS (SELECT clock_timestamp() AS now),
+beats AS (
+    SELECT h.kind, h.instance, h.hostname, h.pid, h.last_seen_at,
+           extract(epoch FROM clock.now - h.last_seen_at)::float8 AS age_s,
+           h.last_seen_at > clock.now - make_interval(secs => $1) AS live
+    FROM herald.heartbeats h, clock
+    WHERE h.stopped_at IS NULL AND h.last_seen_at > clock.now - make_interval(secs => $2)
+),
+ranked AS (
+    SELECT *,
+           row_number() OVER (PARTITION BY kind ORDER BY last_seen_at DESC) AS rank,
+           count(*) FILTER (WHERE live) OVER (PARTITION BY kind) AS live_count,
+           count(*) FILTER (WHERE NOT live) OVER (PARTITION BY kind) AS stale_count
+    FROM beats
+)
+SELECT kind, instance, hostname, pid, age_s, live, live_count, stale_count
+FROM ranked WHERE rank <= $3
+ORDER BY kind, last_seen_at DESC
 """
+
+# Health: steps that need a person or a sweeper. Parked with an unknown outcome
+# in the last day, or still "sending" although the worker process that claimed
+# them (claimed_by) is not live (no heartbeat within $1 seconds) or for longer
+# than the lease ($2 seconds; no actor may run that long, and rows from before
+# claimed_by existed have no claimant to ask). Counts, and the $3 oldest listed.
+STUCK_STEPS = """
+WITH clock AS (SELECT clock_timestamp() AS now),
+stuck AS (
+    SELECT s.id, s.run_id, s.status, s.claimed_by,
+           extract(epoch FROM clock.now - s.updated_at)::float8 AS age_s
+    FROM herald.steps s, clock
+    WHERE s.status = 'unknown' AND s.updated_at > clock.now - interval '24 hours'
+    UNION ALL
+    SELECT s.id, s.run_id, s.status, s.claimed_by,
+           extract(epoch FROM clock.now - s.updated_at)::float8 AS age_s
+    FROM herald.steps s, clock
+    WHERE s.status = 'sending'
+      AND (s.updated_at < clock.now - make_interval(secs => $2)
+           OR (s.claimed_by IS NOT NULL AND NOT EXISTS (
+                   SELECT 1 FROM herald.heartbeats h
+                   WHERE h.instance = s.claimed_by AND h.stopped_at IS NULL
+                     AND h.last_seen_at > clock.now - make_interval(secs => $1))))
+)
+SELECT (SELECT count(*) FROM stuck WHERE status = 'unknown') AS unknown,
+       (SELECT count(*) FROM stuck WHERE status = 'sending') AS sending_stalled,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'step_id', o.id, 'run_id', o.run_id, 'status', o.status,
+                   'claimed_by', o.claimed_by, 'seconds_since_update', round(o.age_s::numeric, 1))), '[]')
+        FROM (SELECT * FROM stuck ORDER BY age_s DESC LIMIT $3) o) AS oldest
+"""
+
+# Dramatiq's Redis broker (namespace "dramatiq", see dramatiq/brokers/redis/dispatch.lua):
+# a queue's waiting message ids are the list "<ns>:<queue>", every message not yet
+# acknowledged is in the hash "<ns>:<queue>.msgs"; delayed messages live in the
+# queue "<queue>.DQ" the same way; dead letters are the sorted set "<ns>:<queue>.XQ".
+DRAMATIQ_NAMESPACE = "dramatiq"
+# Stopped-but-unsaid processes older than this are not listed on /health.
+HEARTBEAT_HORIZON_S = 24 * 3600.0
+HEALTH_LISTED = 20
 
 # Delivery and retry statistics over the last $2 hours.
 STATS = """
@@ -97,3 +166,61 @@ async def recent_runs(
         }
         for run in runs
     ]
+
+
+async def outbox_backlog(conn: asyncpg.Connection) -> dict[str, Any]:
+    """Events not yet matched: how many, by state, and the age of the oldest (None if none)."""
+    return dict(await conn.fetchrow(OUTBOX_BACKLOG))
+
+
+async def heartbeats(conn: asyncpg.Connection, *, liveness_s: float) -> dict[str, dict[str, Any]]:
+    """Per kind ("daemon", "worker"): live and stale counts and the latest processes."""
+    rows = await conn.fetch(HEARTBEATS, liveness_s, HEARTBEAT_HORIZON_S, HEALTH_LISTED)
+    kinds: dict[str, dict[str, Any]] = {
+        kind: {"live": 0, "stale": 0, "processes": []} for kind in ("daemon", "worker")}
+    for row in rows:
+        kind = kinds.setdefault(row["kind"], {"live": 0, "stale": 0, "processes": []})
+        kind["live"], kind["stale"] = row["live_count"], row["stale_count"]
+        kind["processes"].append({
+            "instance": row["instance"], "hostname": row["hostname"], "pid": row["pid"],
+            "live": row["live"], "seconds_since_heartbeat": round(row["age_s"], 1),
+        })
+    return kinds
+
+
+async def stuck_steps(
+    conn: asyncpg.Connection, *, liveness_s: float, lease_s: float
+) -> dict[str, Any]:
+    """Steps parked as unknown in the last day, and "sending" steps whose worker is gone
+    or that have been sending for longer than the lease."""
+    row = await conn.fetchrow(STUCK_STEPS, liveness_s, lease_s, HEALTH_LISTED)
+    return {"unknown_last_24h": row["unknown"], "sending_stalled": row["sending_stalled"],
+            "total": row["unknown"] + row["sending_stalled"], "oldest": row["oldest"]}
+
+
+async def queue_depths(client: aioredis.Redis, queues: Iterable[str]) -> dict[str, Any]:
+    """Per Dramatiq queue: ready, unacked (fetched by a worker), delayed and dead messages.
+
+    One pipelined round trip (MULTI/EXEC, so the counts are one snapshot), which
+    also pings; ``round_trip_ms`` is its time.
+    """
+    names = list(queues)
+    started = time.monotonic()
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.ping()
+        for queue in names:
+            key = f"{DRAMATIQ_NAMESPACE}:{queue}"
+            pipe.llen(key)
+            pipe.hlen(f"{key}.msgs")
+            pipe.hlen(f"{key}.DQ.msgs")
+            pipe.zcard(f"{key}.XQ")
+        results = await pipe.execute()
+    round_trip_ms = round((time.monotonic() - started) * 1000, 2)
+    depths: dict[str, dict[str, int]] = {}
+    for index, queue in enumerate(names):
+        ready, unacked, delayed, dead = (int(value) for value in results[1 + 4 * index: 5 + 4 * index])
+        # A delayed message stays in its hash while a worker holds it until its eta,
+        # so the hash, not the list, counts them all.
+        depths[queue] = {"ready": ready, "unacked": max(unacked - ready, 0),
+                         "delayed": delayed, "dead": dead}
+    return {"round_trip_ms": round_trip_ms, "queues": depths}

@@ -1,4 +1,5 @@
-"""The dashboard over a real database and Redis: runs page, /api/runs, /health."""
+"""The dashboard over a real database and Redis: runs page, /api/runs, /api/stats
+(/health has its own tests in test_health.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from dashboard.app import create_app
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
+async def client(settings: Settings, aiohttp_client: Any) -> TestClient:
+    # Settings (and so the test database) first: torn down after the app closes its pool.
     return await aiohttp_client(create_app(settings))
 
 
@@ -74,19 +76,6 @@ async def test_runs_page_shows_the_rendered_message_escaped(
     assert "client.email is undefined" in html
     fragment = await (await client.get("/runs/table")).text()
     assert fragment.count("<tr class=\"run") == 2
-
-
-async def test_health_reports_each_check(client: TestClient, conn: asyncpg.Connection) -> None:
-    response = await client.get("/health")
-    body = await response.json()
-    # No daemon has ever beaten in this fresh database: unhealthy, and it says which part.
-    assert response.status == 503 and body["checks"]["daemon"]["ok"] is False
-    assert body["checks"]["database"]["ok"] and body["checks"]["redis"]["ok"]
-    await conn.execute(
-        "INSERT INTO herald.heartbeats (instance, hostname, pid, started_at, last_seen_at)"
-        " VALUES ('test', 'host', 1, now(), now())")
-    response = await client.get("/health")
-    assert response.status == 200 and (await response.json())["ok"] is True
 
 
 async def test_stats_count_outcomes_and_retries(client: TestClient, conn: asyncpg.Connection) -> None:
