@@ -14,12 +14,13 @@ runs the workflows whose trigger has exactly its name.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from config.errors import WorkflowValidationError
 
@@ -121,6 +122,16 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _REQUIRED = {"client_inactive": ("days",), "cron": ("schedule",)}
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+# A hundred years of grace or inactivity is already more than anyone means;
+# beyond it lie numbers a PostgreSQL interval cannot hold.
+MAX_DAYS = 36500
+# A cron schedule must have an instant within this many years: "31 February"
+# never comes. Leap days come every 4 years (8 around 2100).
+CRON_HORIZON_YEARS = 10
+# Herald's own tables and the system catalogs are nobody's business data: a
+# time trigger reads only tables Herald watches (checked against the database
+# when the workflow is imported, and again by the scheduler).
+PRIVATE_SCHEMAS = ("herald", "information_schema")
 
 
 def _time_config(name: str, raw: Any) -> dict[str, Any]:
@@ -138,13 +149,18 @@ def _time_config(name: str, raw: Any) -> dict[str, Any]:
     if "days" in config:
         days = config["days"]
         minimum = 1 if name == "client_inactive" else 0
-        if not isinstance(days, int) or isinstance(days, bool) or days < minimum:
-            raise WorkflowValidationError("trigger_config.days", f"must be a whole number >= {minimum}")
+        if not isinstance(days, int) or isinstance(days, bool) or not minimum <= days <= MAX_DAYS:
+            raise WorkflowValidationError(
+                "trigger_config.days", f"must be a whole number between {minimum} and {MAX_DAYS}")
     for key, value in config.items():
         if key.endswith(("table", "column", "foreign_key")) and not (
             isinstance(value, str) and _IDENTIFIER.match(value)
         ):
             raise WorkflowValidationError(f"trigger_config.{key}", "must be a table or column name")
+        if key.endswith("table") and is_private_table(value):
+            raise WorkflowValidationError(
+                f"trigger_config.{key}", f"{value} is one of Herald's own or the system's tables; "
+                "a time trigger reads only tables Herald watches")
     if name == "invoice_overdue" and not (
         isinstance(config["settled_statuses"], list) and all(isinstance(v, str) for v in config["settled_statuses"])
     ):
@@ -159,6 +175,20 @@ def _check_cron(config: dict[str, Any]) -> None:
     if not isinstance(schedule, str) or not croniter.is_valid(schedule):
         raise WorkflowValidationError("trigger_config.schedule", f"{schedule!r} is not a cron expression")
     try:
-        ZoneInfo(str(config["timezone"]))
+        zone = ZoneInfo(str(config["timezone"]))
     except (ZoneInfoNotFoundError, ValueError):
         raise WorkflowValidationError("trigger_config.timezone", f"unknown time zone {config['timezone']!r}") from None
+    # Valid syntax is not enough: "0 0 31 2 *" parses, but no instant ever comes,
+    # and the scheduler would have nothing to compute.
+    try:
+        croniter(schedule, dt.datetime.now(zone), max_years_between_matches=CRON_HORIZON_YEARS).get_next(dt.datetime)
+    except (CroniterError, ValueError, OverflowError):
+        raise WorkflowValidationError(
+            "trigger_config.schedule",
+            f"{schedule!r} never fires (no instant within {CRON_HORIZON_YEARS} years)") from None
+
+
+def is_private_table(table: str) -> bool:
+    """Whether ``table`` (as written, maybe schema-qualified) is in Herald's or the system's schemas."""
+    schema, dot, _ = table.partition(".")
+    return bool(dot) and (schema in PRIVATE_SCHEMAS or schema.startswith("pg_"))

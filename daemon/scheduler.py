@@ -7,6 +7,17 @@ outbox event (operation SCHEDULED, aimed at the one workflow) for every
 entity that has become due, together with a row in herald.schedule_fires
 keyed by entity and occurrence, so nothing fires twice across passes or
 restarts. The usual dispatcher and workers take it from there.
+
+One tenant's workflow can neither stop nor block the others: each workflow's
+pass runs in its own transaction, and a workflow that fails for a reason of
+its own (a schedule that never comes, a column that is gone, a table it may
+not read) is logged, marked in herald.workflows.schedule_error and skipped
+until it is saved again. Only a lost database ends the pass early.
+
+A time trigger reads only tables Herald watches (herald.watched_tables), never
+Herald's own schema, and only the rows of its workflow's tenant: a row whose
+tenant column is NULL belongs to nobody, and a watched table without a tenant
+column belongs to the ``default`` tenant, as its events do.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,27 +33,46 @@ import asyncpg
 import structlog
 from croniter import croniter
 
-from actors.triggers import TIME_TRIGGERS, Trigger, parse_trigger
+from actors.triggers import PRIVATE_SCHEMAS, TIME_TRIGGERS, Trigger, parse_trigger
 from config.database import DATABASE_ERRORS, connect, quote_ident, quote_qualified
-from config.errors import WorkflowValidationError
+from config.errors import HeraldDatabaseError, WorkflowValidationError
 from daemon.loops import every
 
 log = structlog.get_logger(__name__)
 
 LEADER_LOCK = 0x4845_5253  # "HERS": the scheduler's advisory lock
 
+# Marked workflows are skipped until they are saved again (import clears the mark).
 TIME_WORKFLOWS = """
-SELECT id, tenant_id, definition, created_at FROM herald.workflows
-WHERE is_active AND trigger_type = ANY($1::text[])
+SELECT id, tenant_id, definition, created_at, updated_at FROM herald.workflows
+WHERE is_active AND schedule_error IS NULL AND trigger_type = ANY($1::text[])
 ORDER BY id
 """
 
-TENANT_COLUMN = "SELECT tenant_column FROM herald.watched_tables WHERE table_name = $1"
+# Only if the workflow is still the one that failed: a save in between wins.
+MARK_ERROR = """
+UPDATE herald.workflows SET schedule_error = $3, schedule_error_at = clock_timestamp()
+WHERE id = $1 AND updated_at = $2 AND schedule_error IS NULL
+"""
 
-RESOLVE_TABLE = """
-SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+# A table as the scheduler may read it: resolved, and whether (and how) Herald watches it.
+RESOLVE_SOURCE = """
+SELECT n.nspname AS schema_name, n.nspname || '.' || c.relname AS table_name,
+       w.table_name IS NOT NULL AS watched, w.id_column, w.tenant_column
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN herald.watched_tables w ON w.table_name = n.nspname || '.' || c.relname
 WHERE c.oid = to_regclass($1)
 """
+
+HAS_COLUMN = """
+SELECT EXISTS (SELECT FROM pg_attribute
+               WHERE attrelid = to_regclass($1) AND attname = $2 AND attnum > 0 AND NOT attisdropped)
+"""
+
+# SQLSTATE classes that mean a workflow's own query is wrong (22: a value out of
+# range; 42: an undefined table or column, no privilege; 0A: not supported),
+# not that the database is in trouble: such a workflow is marked, not retried.
+WORKFLOW_FAULTS = ("22", "42", "0A")
 
 # A fire not recorded yet for this workflow and occurrence: the unique key makes it once only.
 RECORD_FIRES = """
@@ -62,54 +93,88 @@ LINK_FIRE = "UPDATE herald.schedule_fires SET event_id = $3 WHERE workflow_id = 
 NOTIFY = "SELECT pg_notify('herald_events', $1::text)"
 
 
-async def _tenant_filter(conn: asyncpg.Connection, table: str, tenant: str, alias: str,
-                         index: int) -> tuple[str, list[Any]]:
-    """SQL (and its argument) restricting ``alias`` to the workflow's tenant."""
-    column = await conn.fetchval(TENANT_COLUMN, table)
-    if column is None:
-        # An unwatched table has no tenant: only the default tenant may use it.
-        return ("TRUE", []) if tenant == "default" else ("FALSE", [])
-    return f"{alias}.{quote_ident(column)}::text = ${index}", [tenant]
+@dataclass(frozen=True)
+class Source:
+    """A table a time trigger may read: watched by Herald, outside Herald's schema."""
+
+    table: str  # schema-qualified, as in herald.watched_tables
+    id_column: str
+    tenant_column: str | None  # None: every row is the default tenant's, as its events are
+
+    def tenant_filter(self, alias: str, param: str) -> str:
+        """SQL keeping only the rows of the tenant in ``param`` (a NULL tenant matches nobody)."""
+        if self.tenant_column is None:
+            return f"{param}::text = 'default'"
+        return f"{alias}.{quote_ident(self.tenant_column)}::text = {param}::text"
 
 
-async def _qualified(conn: asyncpg.Connection, table: str) -> str | None:
-    return await conn.fetchval(RESOLVE_TABLE, table)  # type: ignore[no-any-return]
+async def readable_source(conn: asyncpg.Connection, table: str, field: str) -> Source:
+    """The watched table ``table`` names; WorkflowValidationError if a time trigger may not read it."""
+    row = await conn.fetchrow(RESOLVE_SOURCE, table)
+    if row is None:
+        raise WorkflowValidationError(field, f"table {table!r} does not exist")
+    if row["schema_name"] in PRIVATE_SCHEMAS or row["schema_name"].startswith("pg_"):
+        raise WorkflowValidationError(
+            field, f"{row['table_name']} is one of Herald's own or the system's tables; "
+            "a time trigger reads only tables Herald watches")
+    if not row["watched"]:
+        raise WorkflowValidationError(
+            field, f"{row['table_name']} is not watched by Herald; a time trigger reads only watched tables"
+            f" (herald watch {row['table_name']})")
+    return Source(row["table_name"], row["id_column"], row["tenant_column"])
+
+
+async def check_time_trigger(conn: asyncpg.Connection, trigger: Trigger) -> None:
+    """Check a time trigger against the database, as a workflow is saved: its tables
+    are watched and readable and have the columns it names. No-op for other triggers."""
+    if trigger.config is None or trigger.name not in FINDERS:
+        return
+    config = trigger.config
+    if trigger.name == "invoice_overdue":
+        tables = {"table": ("due_column", "status_column")}
+    else:
+        tables = {"table": ("created_column",), "activity_table": ("activity_column", "activity_foreign_key")}
+    for table_key, column_keys in tables.items():
+        source = await readable_source(conn, config[table_key], f"trigger_config.{table_key}")
+        for key in column_keys:
+            if not await conn.fetchval(HAS_COLUMN, quote_qualified(source.table), config[key]):
+                raise WorkflowValidationError(
+                    f"trigger_config.{key}", f"{source.table} has no column {config[key]!r}")
 
 
 async def overdue_invoices(conn: asyncpg.Connection, config: dict[str, Any], tenant: str,
                            now: dt.datetime) -> tuple[str, list[Any]]:
-    table = await _qualified(conn, config["table"])
-    if table is None:
-        raise WorkflowValidationError("trigger_config.table", f"table {config['table']!r} does not exist")
-    tenant_sql, tenant_args = await _tenant_filter(conn, table, tenant, "t", 4)
+    source = await readable_source(conn, config["table"], "trigger_config.table")
     due = quote_ident(config["due_column"])
     rows = await conn.fetch(
-        f"SELECT t.id::text AS row_id, t.{due}::text AS occurrence, to_jsonb(t) AS row"
-        f" FROM {quote_qualified(table)} t"
+        f"SELECT t.{quote_ident(source.id_column)}::text AS row_id, t.{due}::text AS occurrence,"
+        f" to_jsonb(t) AS row"
+        f" FROM {quote_qualified(source.table)} t"
         f" WHERE t.{due} + make_interval(days => $1) < $2::timestamptz"
         f" AND NOT (t.{quote_ident(config['status_column'])}::text = ANY($3::text[]))"
-        f" AND {tenant_sql}",
-        config["days"], now, config["settled_statuses"], *tenant_args)
-    return table, list(rows)
+        f" AND {source.tenant_filter('t', '$4')}",
+        config["days"], now, config["settled_statuses"], tenant)
+    return source.table, list(rows)
 
 
 async def inactive_clients(conn: asyncpg.Connection, config: dict[str, Any], tenant: str,
                            now: dt.datetime) -> tuple[str, list[Any]]:
-    table = await _qualified(conn, config["table"])
-    activity = await _qualified(conn, config["activity_table"])
-    if table is None or activity is None:
-        raise WorkflowValidationError("trigger_config.table", "the client or activity table does not exist")
-    tenant_sql, tenant_args = await _tenant_filter(conn, table, tenant, "c", 3)
+    clients = await readable_source(conn, config["table"], "trigger_config.table")
+    activity = await readable_source(conn, config["activity_table"], "trigger_config.activity_table")
+    client_id = f"c.{quote_ident(clients.id_column)}"
     last = (f"coalesce(max(a.{quote_ident(config['activity_column'])}),"
             f" c.{quote_ident(config['created_column'])})")
+    # Another tenant's activity rows never count, even if they name this client.
     rows = await conn.fetch(
-        f"SELECT c.id::text AS row_id, {last}::text AS occurrence, to_jsonb(c) AS row"
-        f" FROM {quote_qualified(table)} c"
-        f" LEFT JOIN {quote_qualified(activity)} a ON a.{quote_ident(config['activity_foreign_key'])} = c.id"
-        f" WHERE {tenant_sql}"
-        f" GROUP BY c.id HAVING {last} < $1::timestamptz - make_interval(days => $2)",
-        now, config["days"], *tenant_args)
-    return table, list(rows)
+        f"SELECT {client_id}::text AS row_id, {last}::text AS occurrence, to_jsonb(c) AS row"
+        f" FROM {quote_qualified(clients.table)} c"
+        f" LEFT JOIN {quote_qualified(activity.table)} a"
+        f" ON a.{quote_ident(config['activity_foreign_key'])} = {client_id}"
+        f" AND {activity.tenant_filter('a', '$3')}"
+        f" WHERE {clients.tenant_filter('c', '$3')}"
+        f" GROUP BY {client_id} HAVING {last} < $1::timestamptz - make_interval(days => $2)",
+        now, config["days"], tenant)
+    return clients.table, list(rows)
 
 
 def last_cron_instant(config: dict[str, Any], now: dt.datetime) -> dt.datetime:
@@ -167,21 +232,38 @@ class Scheduler:
             await self.close()
 
     async def tick(self, now: dt.datetime | None = None) -> int:
-        """One pass over every active time-triggered workflow; returns events written."""
+        """One pass over every active time-triggered workflow; returns events written.
+
+        Each workflow is evaluated in its own transaction: one that fails is rolled
+        back, recorded (see :meth:`_failed`) and the pass goes on with the others.
+        """
         now = now or dt.datetime.now(dt.UTC)
         written = 0
         async with self.pool.acquire() as conn:
             for workflow in await conn.fetch(TIME_WORKFLOWS, sorted(TIME_TRIGGERS)):
-                definition = workflow["definition"]
-                name = definition.get("trigger_type") or definition.get("trigger")
                 try:
-                    trigger = parse_trigger(name, "trigger", definition.get("trigger_config"))
-                    written += await self._fire(conn, workflow, trigger, now)
-                except WorkflowValidationError as exc:
-                    log.warning("time trigger skipped", workflow_id=str(workflow["id"]), error=str(exc))
+                    async with conn.transaction():
+                        written += await self._fire(conn, workflow, _trigger(workflow), now)
+                except Exception as exc:  # whatever one workflow raises stays with that workflow
+                    if _is_outage(exc, conn):
+                        raise  # the loop waits for the database to come back; no workflow is at fault
+                    await self._failed(conn, workflow, exc)
         if written:
             log.info("time triggers fired", events=written)
         return written
+
+    async def _failed(self, conn: asyncpg.Connection, workflow: Any, exc: Exception) -> None:
+        """Log why the workflow's pass failed and mark it invalid, unless the failure may pass."""
+        ids = {"workflow_id": str(workflow["id"]), "tenant_id": workflow["tenant_id"]}
+        if isinstance(exc, asyncpg.PostgresError) and not str(exc.sqlstate or "").startswith(WORKFLOW_FAULTS):
+            # Deadlock, lock or statement timeout, out of memory...: try it again next pass.
+            log.warning("time trigger failed; will try again", **ids, error=str(exc),
+                        error_type=type(exc).__name__)
+            return
+        reason = _reason(exc)
+        log.error("time trigger failed; workflow marked invalid until it is saved again",
+                  **ids, error=reason, error_type=type(exc).__name__)
+        await conn.execute(MARK_ERROR, workflow["id"], workflow["updated_at"], reason)
 
     async def _fire(self, conn: asyncpg.Connection, workflow: Any, trigger: Trigger, now: dt.datetime) -> int:
         assert trigger.config is not None and trigger.scheduled_type is not None
@@ -196,13 +278,44 @@ class Scheduler:
         if not rows:
             return 0
         by_key = {f"{r['row_id']}:{r['occurrence']}": r for r in rows}
-        async with conn.transaction():
-            fresh = await conn.fetch(RECORD_FIRES, workflow["id"], list(by_key))
-            for record in fresh:
-                row = by_key[record["fire_key"]]
-                event_id = await conn.fetchval(
-                    WRITE_EVENT, workflow["tenant_id"], trigger.entity, table or "schedule",
-                    row["row_id"], trigger.scheduled_type, row["row"], workflow["id"])
-                await conn.execute(LINK_FIRE, workflow["id"], record["fire_key"], event_id)
-                await conn.execute(NOTIFY, str(event_id))  # delivered at commit, like the capture trigger's
+        # In the workflow's transaction (see tick): fires and their events commit together.
+        fresh = await conn.fetch(RECORD_FIRES, workflow["id"], list(by_key))
+        for record in fresh:
+            row = by_key[record["fire_key"]]
+            event_id = await conn.fetchval(
+                WRITE_EVENT, workflow["tenant_id"], trigger.entity, table or "schedule",
+                row["row_id"], trigger.scheduled_type, row["row"], workflow["id"])
+            await conn.execute(LINK_FIRE, workflow["id"], record["fire_key"], event_id)
+            await conn.execute(NOTIFY, str(event_id))  # delivered at commit, like the capture trigger's
         return len(fresh)
+
+
+def _trigger(workflow: Any) -> Trigger:
+    """The workflow's time trigger, validated as on import (the row may predate the rules)."""
+    definition = workflow["definition"]
+    if not isinstance(definition, dict):
+        raise WorkflowValidationError("(document)", "a workflow must be a JSON object")
+    name = definition.get("trigger_type") or definition.get("trigger")
+    return parse_trigger(name, "trigger", definition.get("trigger_config"))
+
+
+def _is_outage(exc: Exception, conn: asyncpg.Connection) -> bool:
+    """Whether ``exc`` says the database (not the workflow) is in trouble: the pass ends."""
+    if conn.is_closed():
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return isinstance(exc, asyncpg.PostgresConnectionError) or str(exc.sqlstate or "").startswith("57P")
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        return False  # a query argument the driver cannot send (e.g. out of range): the workflow's
+    return isinstance(exc, (asyncpg.InterfaceError, OSError, TimeoutError, HeraldDatabaseError))
+
+
+def _reason(exc: Exception) -> str:
+    """What is wrong, for people reading the workflow's mark."""
+    if isinstance(exc, WorkflowValidationError):
+        reason = str(exc)
+    elif isinstance(exc, asyncpg.PostgresError):
+        reason = f"database error: {exc}"
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    return reason[:1000]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +43,16 @@ class Processes:
 
     def output(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def log_events(self, name: str) -> list[dict[str, Any]]:
+        """The process's JSON log lines, parsed (other output is skipped)."""
+        events = []
+        for line in self.output(name).splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events
 
     def stop_all(self, timeout: float = 20.0) -> None:
         for process in self.running.values():

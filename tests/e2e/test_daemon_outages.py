@@ -4,7 +4,6 @@ other reason stops the daemon with a non-zero status and its traceback."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from pathlib import Path
@@ -21,15 +20,6 @@ from daemon.sweeper import Sweeper
 from tests.conftest import wait_until
 from tests.e2e.conftest import Processes
 
-
-def log_events(processes: Processes, name: str) -> list[dict[str, object]]:
-    events = []
-    for line in processes.output(name).splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
 
 
 async def test_redis_down_during_sweeps_and_dispatch_then_back(
@@ -55,7 +45,7 @@ async def test_redis_down_during_sweeps_and_dispatch_then_back(
         " now() - interval '1 hour' FROM herald.events ORDER BY id LIMIT 1")
 
     async def failed_twice() -> bool:
-        events = [str(e.get("event", "")) for e in log_events(processes, "daemon")]
+        events = [str(e.get("event", "")) for e in processes.log_events("daemon")]
         return events.count("sweep failed; will try again") >= 2 and "could not send match message" in events
 
     try:

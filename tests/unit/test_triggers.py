@@ -80,3 +80,39 @@ def test_bad_configuration_names_the_field(name: str, config: Any, field: str) -
     with pytest.raises(WorkflowValidationError) as caught:
         parse_trigger(name, "trigger", config)
     assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "field"),
+    [
+        # Valid cron syntax, but no such day: the scheduler could never compute an instant.
+        ("cron", {"schedule": "0 0 31 2 *"}, "trigger_config.schedule"),
+        ("cron", {"schedule": "0 0 30 2 *"}, "trigger_config.schedule"),
+        ("cron", {"schedule": "15 10 31 4 *", "timezone": "Europe/Paris"}, "trigger_config.schedule"),
+        # Numbers beyond what an interval holds, or what anyone means.
+        ("invoice_overdue", {"days": 1_000_000_000_000}, "trigger_config.days"),
+        ("invoice_overdue", {"days": 36501}, "trigger_config.days"),
+        ("client_inactive", {"days": 10**9}, "trigger_config.days"),
+        # Herald's own tables and the system catalogs are nobody's business data.
+        ("invoice_overdue", {"table": "herald.messages"}, "trigger_config.table"),
+        ("invoice_overdue", {"table": "pg_catalog.pg_authid"}, "trigger_config.table"),
+        ("client_inactive", {"days": 30, "table": "herald.workflows"}, "trigger_config.table"),
+        ("client_inactive", {"days": 30, "activity_table": "herald.events"}, "trigger_config.activity_table"),
+    ],
+)
+def test_time_triggers_that_could_never_work_are_rejected(name: str, config: Any, field: str) -> None:
+    with pytest.raises(WorkflowValidationError) as caught:
+        parse_trigger(name, "trigger", config)
+    assert caught.value.field == field
+
+
+def test_time_trigger_limits_keep_what_can_happen() -> None:
+    # Rare but possible: a leap day; day of month OR day of week (every Monday in February).
+    for schedule in ("0 0 29 2 *", "0 0 31 2 1"):
+        assert parse_trigger("cron", "trigger", {"schedule": schedule}).config is not None
+    assert parse_trigger("invoice_overdue", "trigger", {"days": 36500}).config is not None
+    assert parse_trigger("client_inactive", "trigger", {
+        "days": 1, "table": "public.clients", "activity_table": "crm.jobs"}).config is not None
+    for days in (36501, 2**31):
+        with pytest.raises(WorkflowValidationError, match="between 0 and 36500"):
+            parse_trigger("invoice_overdue", "trigger", {"days": days})
