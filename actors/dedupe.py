@@ -11,11 +11,14 @@ Two rules, per workflow (``"dedupe": {"window_s": 30, "once_per": "1h"}``):
 
 Skipped runs are recorded with the reason. Manual and scheduled events are
 never deduplicated here (scheduled ones are once per occurrence already).
+The keys are stored as a short readable prefix and a sha256 of the whole key,
+so a change of any size can be checked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +44,7 @@ class DedupePolicy:
             raise WorkflowValidationError(field, "must be an object")
         unknown = set(raw) - {"window_s", "once_per"}
         if unknown:
-            raise WorkflowValidationError(f"{field}.{sorted(unknown)[0]}", "unknown dedupe setting")
+            raise WorkflowValidationError(f"{field}.{min(unknown)}", "unknown dedupe setting")
         window = raw.get("window_s", DEFAULT_WINDOW_S)
         if not isinstance(window, (int, float)) or isinstance(window, bool) or window < 0:
             raise WorkflowValidationError(f"{field}.window_s", "must be a number of seconds >= 0")
@@ -69,7 +72,22 @@ def keys(trigger: Trigger, event: dict[str, Any]) -> tuple[str | None, str | Non
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         transition = f"{event['operation']}:" + _value({k: new.get(k) for k in changed})
         state = event["operation"]
-    return f"{record}:{transition}", f"{record}:{state}"
+    return bounded_key(f"{record}:{transition}"), bounded_key(f"{record}:{state}")
+
+
+# A key's readable head, for whoever looks at herald.runs; the digest decides.
+KEY_PREFIX_CHARS = 64
+
+
+def bounded_key(key: str) -> str:
+    """A fixed-size stand-in for ``key``: its first characters, then the sha256 of all of it.
+
+    The keys hold the changed values, which can be any size, and are indexed
+    (btree, for the duplicate checks): a 12 KB change would not fit in an index
+    row, and the insert of every run of its batch would fail.
+    """
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{key[:KEY_PREFIX_CHARS]}#{digest}"
 
 
 def skip_reason(

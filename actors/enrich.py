@@ -3,86 +3,194 @@
 The context (the event's row, its old and new values, and each declared
 relation such as the job's client and organization) is stored on the run, so
 every step, and any retry, renders from what the run saw.
+
+A related row is loaded only if it belongs to the event's tenant, whenever the
+related table says whose a row is: its tenant column if Herald watches it, else
+a column named like the event table's tenant column. A row of another tenant is
+left out of the context (the relation is None) and a run whose steps name that
+relation fails before any step runs, with the reason ("relation client not
+loaded: client 5 belongs to another tenant"): nothing is sent to, or shows,
+another tenant's data.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import dramatiq
+import jinja2
 import structlog
+from jinja2 import meta
 
 from actors import store
 from actors.actions import ACTIONS
 from actors.db import get_pool
-from actors.workflow import event_context, parse_workflow
+from actors.workflow import StepSpec, event_context, parse_workflow
 
 log = structlog.get_logger(__name__)
+
+# Only parses (finds the variables a template names); rendering is actors.templates'.
+_PARSER = jinja2.Environment()
 
 
 @dramatiq.actor(queue_name="enrich", max_retries=5, min_backoff=500)
 async def enrich(run_ids: list[int]) -> None:
     pool = await get_pool()
-    first_steps: dict[str, list[int]] = defaultdict(list)
-    async with pool.acquire() as conn, conn.transaction():
-        runs = await conn.fetch(store.CLAIM_RUNS, run_ids)
-        if not runs:
-            return
-        contexts = await _build_contexts(conn, runs)
-        columns: list[list[Any]] = [[], [], [], [], [], []]
-        for run in runs:
-            await conn.execute(store.SET_CONTEXT, run["id"], contexts[run["id"]])
-            spec = parse_workflow(run["definition"])
-            for position, step in enumerate(spec.steps):
-                for column, value in zip(
-                    columns,
-                    (run["id"], run["tenant_id"], position, step.key, step.action, step.config),
-                ):
-                    column.append(value)
-        for step in await conn.fetch(store.INSERT_STEPS, *columns):
-            if step["position"] == 0:
-                first_steps[step["action"]].append(step["id"])
-    log.info("runs enriched", runs=len(runs))
+    async with pool.acquire() as conn:
+        first_steps = await enrich_runs(conn, run_ids)
     broker = dramatiq.get_broker()
     for action, step_ids in first_steps.items():
         # Off the event loop: a slow Redis must not stall the other actors.
         await asyncio.to_thread(broker.get_actor(ACTIONS[action].actor).send, step_ids)
 
 
+async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str, list[int]]:
+    """Claim the pending runs among ``run_ids``, store their contexts and steps, in one
+    transaction; return the first steps to start, by action."""
+    first_steps: dict[str, list[int]] = defaultdict(list)
+    async with conn.transaction():
+        runs = await conn.fetch(store.CLAIM_RUNS, run_ids)
+        if not runs:
+            return first_steps
+        contexts = await _build_contexts(conn, runs)
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        refusals: dict[int, str] = {}
+        for run in runs:
+            built = contexts[run["id"]]
+            await conn.execute(store.SET_CONTEXT, run["id"], built.context)
+            spec = parse_workflow(run["definition"])
+            blocked = _first_blocked_step(spec.steps, built.refused)
+            if blocked is not None:
+                position, error = blocked
+                step = spec.steps[position]
+                refusals[run["id"]] = f"step {position + 1} ({step.key}, {step.action}): {error}"
+            for position, step in enumerate(spec.steps):
+                status, error = "pending", None
+                if blocked is not None:  # the run fails before any step: nothing is sent
+                    status, error = ("failed", blocked[1]) if position == blocked[0] else ("skipped", None)
+                for column, value in zip(
+                    columns,
+                    (run["id"], run["tenant_id"], position, step.key, step.action, step.config, status, error),
+                ):
+                    column.append(value)
+        for step in await conn.fetch(store.INSERT_STEPS, *columns):
+            if step["position"] == 0 and step["status"] == "pending":
+                first_steps[step["action"]].append(step["id"])
+        for run_id, reason in refusals.items():
+            await conn.execute(store.FAIL_RUN, run_id, reason)
+            log.warning("run failed: a step needs a relation that was not loaded", run_id=run_id, error=reason)
+    log.info("runs enriched", runs=len(runs), failed=len(refusals))
+    return first_steps
+
+
+@dataclass
+class Context:
+    """A run's context, and the relations left out of it with the reason for each."""
+
+    context: dict[str, Any]
+    refused: dict[str, str] = field(default_factory=dict)
+
+
 def _target(relation: dict[str, Any]) -> tuple[str, str, str]:
     return relation["table"], relation.get("key", "id"), relation.get("key_type", "text")
 
 
-async def _build_contexts(conn: Any, runs: list[Any]) -> dict[int, dict[str, Any]]:
+async def _build_contexts(conn: asyncpg.Connection, runs: list[Any]) -> dict[int, Context]:
     """Each run's context, loading every relation with one query per related table."""
     tables = sorted({run["table_name"] for run in runs})
-    relations_by_table = {
-        row["table_name"]: row["relations"]
-        for row in await conn.fetch(store.WATCHED_RELATIONS, tables)
-    }
-    contexts: dict[int, dict[str, Any]] = {}
+    watched = {row["table_name"]: row for row in await conn.fetch(store.WATCHED_RELATIONS, tables)}
+
+    def relations_of(run: Any) -> dict[str, Any]:
+        row = watched.get(run["table_name"])
+        return dict(row["relations"]) if row is not None else {}
+
+    def tenant_column_of(run: Any) -> str | None:
+        row = watched.get(run["table_name"])
+        return row["tenant_column"] if row is not None else None
+
+    contexts: dict[int, Context] = {}
     wanted: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     for run in runs:
         event = dict(run)
         event["id"] = run["event_id"]
         event["tenant_id"] = run["event_tenant"]
-        context = contexts[run["id"]] = event_context(event)
-        for relation in relations_by_table.get(run["table_name"], {}).values():
+        context = event_context(event)
+        contexts[run["id"]] = Context(context)
+        for relation in relations_of(run).values():
             value = context[run["entity"]].get(relation["column"])
             if value is not None:
                 wanted[_target(relation)].add(str(value))
 
-    loaded = {}
-    for (table, key, key_type), keys in wanted.items():
-        loaded[(table, key, key_type)] = await store.load_related(
-            conn, {"table": table, "key": key, "key_type": key_type}, sorted(keys)
-        )
+    # Whose each related table's rows are, per tenant column name of the event tables.
+    pairs = sorted({(relation["table"], tenant_column_of(run))
+                    for run in runs for relation in relations_of(run).values()}, key=repr)
+    owners = await store.related_tenant_columns(conn, pairs) if pairs else {}
+
+    loaded: dict[tuple[tuple[str, str, str], str | None], dict[str, tuple[dict[str, Any], str | None]]] = {}
+    for target, keys in wanted.items():
+        for column in sorted({owner for (table, _), owner in owners.items() if table == target[0]},
+                             key=lambda c: c or ""):
+            loaded[(target, column)] = await store.load_related(
+                conn, {"table": target[0], "key": target[1], "key_type": target[2]}, sorted(keys), column)
     for run in runs:
-        context = contexts[run["id"]]
-        for name, relation in relations_by_table.get(run["table_name"], {}).items():
+        built = contexts[run["id"]]
+        context = built.context
+        for name, relation in relations_of(run).items():
             value = context[run["entity"]].get(relation["column"])
-            related = loaded.get(_target(relation), {})
-            context[name] = related.get(str(value)) if value is not None else None
+            context[name] = None
+            if value is None:
+                continue
+            owner_column = owners[(relation["table"], tenant_column_of(run))]
+            found = loaded.get((_target(relation), owner_column), {}).get(str(value))
+            if found is None:
+                continue
+            row, tenant = found
+            if owner_column is not None and tenant != run["event_tenant"]:
+                key = str(value) if len(str(value)) <= 64 else f"{str(value)[:64]}…"
+                built.refused[name] = f"{name} {key} belongs to another tenant"
+                log.warning("related row of another tenant not loaded", run_id=run["id"], relation=name,
+                            table=relation["table"], key=str(value), tenant_id=run["event_tenant"])
+                continue
+            context[name] = row
     return contexts
+
+
+def _first_blocked_step(steps: tuple[StepSpec, ...], refused: dict[str, str]) -> tuple[int, str] | None:
+    """The first step whose templates name a refused relation: (position, why it cannot run)."""
+    if not refused:
+        return None
+    for position, step in enumerate(steps):
+        names = _names_used(step.config)
+        for name, reason in refused.items():
+            if name in names:
+                return position, f"relation {name} not loaded: {reason}"
+    return None
+
+
+def _names_used(value: Any) -> set[str]:
+    """The top-level variables (``client`` of ``{{client.email}}``) a step's templates read."""
+    names: set[str] = set()
+    for text in _strings(value):
+        if "{" not in text:
+            continue
+        try:
+            names |= meta.find_undeclared_variables(_PARSER.parse(text))
+        except jinja2.TemplateSyntaxError:
+            continue  # the step fails on it when it renders
+    return names
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)

@@ -3,6 +3,12 @@
 Every event records, for each active workflow of its tenant, whether it
 matched and why or why not. An event also cancels the delayed runs waiting
 on the same record whose ``cancel_on`` names a trigger it fires.
+
+One event cannot take its batch down: the batch is matched in a savepoint and,
+if that fails, each event again in its own; an event that still fails on its
+own is marked *failed* with the error (final: nobody sends it again), and the
+others are matched. Only a lost database connection or a transient database
+error (deadlock, serialisation, shutdown) fails the whole message, to be retried.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -33,35 +39,125 @@ _cache = WorkflowCache(settings.database_url)
 @dramatiq.actor(queue_name="match", max_retries=5, min_backoff=500)
 async def match(event_ids: list[int]) -> None:
     pool = await get_pool()
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire() as conn:
+        outcome = await match_events(conn, event_ids, _cache)
+    if outcome.events:
+        log.info("events matched", events=outcome.events, failed=len(outcome.failed),
+                 runs=len(outcome.started), skipped=outcome.skipped, cancelled=outcome.cancelled)
+    if outcome.started:
+        # Off the event loop: a slow Redis must not stall the other actors.
+        await asyncio.to_thread(dramatiq.get_broker().get_actor("enrich").send, outcome.started)
+
+
+@dataclass
+class Outcome:
+    """What one match message did."""
+
+    events: int = 0
+    started: list[int] = field(default_factory=list)  # runs to enrich
+    skipped: int = 0
+    cancelled: int = 0
+    failed: list[int] = field(default_factory=list)  # events whose matching failed
+
+    def add(self, other: Outcome) -> None:
+        self.started += other.started
+        self.skipped += other.skipped
+        self.cancelled += other.cancelled
+
+
+# SQLSTATE classes of errors that are not the event's fault: connection (08),
+# transaction rollback: serialisation, deadlock (40), resources (53), object in
+# use or locked (55), operator intervention: shutdown, cancel (57), system (58).
+_TRANSIENT_CLASSES = ("08", "40", "53", "55", "57", "58")
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the database or the connection, not of the event: retry the message."""
+    if isinstance(exc, (asyncpg.InterfaceError, OSError, TimeoutError)):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "").startswith(_TRANSIENT_CLASSES)
+    return False
+
+
+async def match_events(conn: asyncpg.Connection, event_ids: list[int], cache: WorkflowCache) -> Outcome:
+    """Match the claimable events among ``event_ids`` in one transaction on ``conn``."""
+    outcome = Outcome()
+    async with conn.transaction():
         events = await conn.fetch(store.CLAIM_EVENTS, event_ids)
         if not events:
-            return
-        workflows = await _cache.for_tenants(conn, (event["tenant_id"] for event in events))
+            return outcome
+        outcome.events = len(events)
+        workflows = await cache.for_tenants(conn, (event["tenant_id"] for event in events))
         origins = await _origin_workflows(conn, events)
-        candidates: list[Candidate] = []
+        try:
+            async with conn.transaction():  # a savepoint: the whole batch at once, the usual case
+                outcome.add(await _match_batch(conn, events, workflows, origins))
+            return outcome
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            if len(events) == 1:
+                await _mark_failed(conn, events[0], exc, outcome)
+                return outcome
+            log.warning("batch could not be matched; matching its events one by one",
+                        events=len(events), error=_error_text(exc))
         for event in events:
-            report = []
-            for workflow in workflows[event["tenant_id"]]:
-                matched, reason = _decide(workflow, dict(event), origins.get(event["origin_run_id"]))
-                report.append({"workflow_id": str(workflow.id), "workflow": workflow.name,
-                               "matched": matched, "reason": reason})
-                if matched and isinstance(workflow.spec, WorkflowSpec):
-                    candidates.append(Candidate(event, workflow.id, workflow.spec, reason,
-                                                *dedupe.keys(workflow.spec.trigger, dict(event))))
-            await conn.execute(store.MARK_MATCHED, event["id"], {"workflows": report})
+            try:
+                async with conn.transaction():  # a savepoint per event
+                    outcome.add(await _match_batch(conn, [event], workflows, origins))
+            except Exception as exc:
+                if _transient(exc):
+                    raise
+                await _mark_failed(conn, event, exc, outcome)
+    return outcome
 
-        created = await _create_runs(conn, candidates)
-        started = [row["id"] for row in created if row["status"] == "pending"]
-        if started:
-            await conn.execute(store.COUNT_EXECUTIONS,
-                               [row["workflow_id"] for row in created if row["status"] == "pending"])
-        cancelled = await _cancel_waiting_runs(conn, events)
-    log.info("events matched", events=len(events), runs=len(started),
-             skipped=len(created) - len(started), cancelled=cancelled)
+
+async def _mark_failed(conn: asyncpg.Connection, event: Any, exc: Exception, outcome: Outcome) -> None:
+    """Record that matching ``event`` failed, with the error; the state is final."""
+    error = _error_text(exc)
+    log.error("event could not be matched; marked failed", event_id=event["id"],
+              tenant_id=event["tenant_id"], error=error, exc_info=exc)
+    await conn.execute(store.MARK_FAILED, event["id"], {"error": error, "workflows": []})
+    outcome.failed.append(event["id"])
+
+
+# An error is kept whole up to this size in the event's report; its start beyond.
+MAX_ERROR_CHARS = 2000
+
+
+def _error_text(exc: BaseException) -> str:
+    """The error as text PostgreSQL's jsonb accepts (no NUL, no lone surrogate), cut to size."""
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) > MAX_ERROR_CHARS:
+        text = f"{text[:MAX_ERROR_CHARS]}… [truncated: {len(text):,} characters in all]"
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+async def _match_batch(
+    conn: asyncpg.Connection, events: list[Any], workflows: dict[str, list[CachedWorkflow]],
+    origins: dict[int, Any],
+) -> Outcome:
+    """Decide, record and create the runs of ``events``; raises if any of them fails."""
+    candidates: list[Candidate] = []
+    for event in events:
+        report = []
+        for workflow in workflows[event["tenant_id"]]:
+            matched, reason = _decide(workflow, dict(event), origins.get(event["origin_run_id"]))
+            report.append({"workflow_id": str(workflow.id), "workflow": workflow.name,
+                           "matched": matched, "reason": reason})
+            if matched and isinstance(workflow.spec, WorkflowSpec):
+                candidates.append(Candidate(event, workflow.id, workflow.spec, reason,
+                                            *dedupe.keys(workflow.spec.trigger, dict(event))))
+        await conn.execute(store.MARK_MATCHED, event["id"], {"workflows": report})
+
+    created = await _create_runs(conn, candidates)
+    started = [row for row in created if row["status"] == "pending"]
     if started:
-        # Off the event loop: a slow Redis must not stall the other actors.
-        await asyncio.to_thread(dramatiq.get_broker().get_actor("enrich").send, started)
+        await conn.execute(store.COUNT_EXECUTIONS, [row["workflow_id"] for row in started])
+    cancelled = await _cancel_waiting_runs(conn, events)
+    return Outcome(started=[row["id"] for row in started], skipped=len(created) - len(started),
+                   cancelled=cancelled)
 
 
 @dataclass

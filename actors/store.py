@@ -23,7 +23,7 @@ CLAIM_EVENTS = """
 SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id,
        origin_run_id
 FROM herald.events
-WHERE id = ANY($1::bigint[]) AND state <> 'matched'
+WHERE id = ANY($1::bigint[]) AND state IN ('pending', 'dispatched')
 ORDER BY id
 FOR UPDATE SKIP LOCKED
 """
@@ -31,6 +31,13 @@ FOR UPDATE SKIP LOCKED
 MARK_MATCHED = """
 UPDATE herald.events
 SET state = 'matched', matched_at = clock_timestamp(), match_report = $2
+WHERE id = $1
+"""
+
+# Matching this event failed for a reason of its own: final, with the error.
+MARK_FAILED = """
+UPDATE herald.events
+SET state = 'failed', matched_at = clock_timestamp(), match_report = $2
 WHERE id = $1
 """
 
@@ -104,30 +111,71 @@ RETURNING r.id, r.tenant_id, r.workflow_id, r.event_id, w.definition,
 """
 
 WATCHED_RELATIONS = """
-SELECT table_name, relations FROM herald.watched_tables WHERE table_name = ANY($1::text[])
+SELECT table_name, relations, tenant_column FROM herald.watched_tables WHERE table_name = ANY($1::text[])
+"""
+
+# For each (related table, tenant column of the event's table): the column that
+# says which tenant the related table's rows belong to. The table's own tenant
+# column when Herald watches it, else a column named like the event table's,
+# else none (NULL). $1: names as `herald watch` stores them (schema.table);
+# $2: the same, quoted, for to_regclass.
+RELATED_TENANT_COLUMNS = """
+SELECT u.t AS table_name, u.c AS event_tenant_column, coalesce(
+    (SELECT w.tenant_column FROM herald.watched_tables w WHERE w.table_name = u.t),
+    (SELECT a.attname::text FROM pg_attribute a
+     WHERE a.attrelid = to_regclass(u.q) AND a.attname = u.c AND a.attnum > 0 AND NOT a.attisdropped)
+) AS tenant_column
+FROM unnest($1::text[], $2::text[], $3::text[]) AS u(t, q, c)
 """
 
 SET_CONTEXT = "UPDATE herald.runs SET context = $2 WHERE id = $1"
 
 INSERT_STEPS = """
-INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::jsonb[])
+INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, error, completed_at)
+SELECT r, t, p, k, a, c, s, x, CASE WHEN s <> 'pending' THEN clock_timestamp() END
+FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::jsonb[], $7::text[],
+            $8::text[]) AS u(r, t, p, k, a, c, s, x)
 ON CONFLICT (run_id, position) DO NOTHING
-RETURNING id, run_id, position, action
+RETURNING id, run_id, position, action, status
 """
 
+# A run that cannot start (a step needs a relation that was refused).
+FAIL_RUN = """
+UPDATE herald.runs
+SET status = 'failed', error = $2, completed_at = clock_timestamp(), updated_at = clock_timestamp(),
+    execution_time_ms = (extract(epoch FROM clock_timestamp() - created_at) * 1000)::int
+WHERE id = $1 AND status = 'running'
+"""
+
+
+async def related_tenant_columns(
+    conn: asyncpg.Connection, pairs: Sequence[tuple[str, str | None]]
+) -> dict[tuple[str, str | None], str | None]:
+    """For each (related table, event table's tenant column): which column of the
+    related table names its rows' tenant (None: the table has none), in one query."""
+    rows = await conn.fetch(RELATED_TENANT_COLUMNS, [table for table, _ in pairs],
+                            [quote_qualified(table) for table, _ in pairs], [column for _, column in pairs])
+    return {(row["table_name"], row["event_tenant_column"]): row["tenant_column"] for row in rows}
+
+
 async def load_related(
-    conn: asyncpg.Connection, relation: dict[str, Any], keys: Sequence[str]
-) -> dict[str, dict[str, Any]]:
-    """Rows of a related table by key, in one query: {key as text: row}."""
+    conn: asyncpg.Connection, relation: dict[str, Any], keys: Sequence[str],
+    tenant_column: str | None = None,
+) -> dict[str, tuple[dict[str, Any], str | None]]:
+    """Rows of a related table by key, in one query: {key as text: (row, its tenant)}.
+
+    The tenant is read like the capture trigger reads an event's (the column as
+    text, 'default' when NULL); None when ``tenant_column`` is None.
+    """
     table = quote_qualified(relation["table"])
     key = quote_ident(relation.get("key", "id"))
     key_type = relation.get("key_type", "text")  # read from the catalog by `herald watch`
     if not _TYPE_NAME.fullmatch(key_type):
         raise HeraldDatabaseError(f"relation {relation['table']}: unexpected key type {key_type!r}")
     rows = await conn.fetch(
-        f"SELECT {key}::text AS key, to_jsonb(t) AS row FROM {table} t "
-        f"WHERE {key} = ANY($1::text[]::{key_type}[])",
-        list(keys),
+        f"SELECT {key}::text AS key, to_jsonb(t) AS row,"
+        f" CASE WHEN $2::text IS NOT NULL THEN coalesce(to_jsonb(t) ->> $2::text, 'default') END AS tenant"
+        f" FROM {table} t WHERE {key} = ANY($1::text[]::{key_type}[])",
+        list(keys), tenant_column,
     )
-    return {row["key"]: row["row"] for row in rows}
+    return {row["key"]: (row["row"], row["tenant"]) for row in rows}

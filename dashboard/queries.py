@@ -9,29 +9,41 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+# Values a list sends are cut to $5 characters (herald.clip, migration 009): a
+# 10 MB title rendered into a message must not make a page polled every second
+# weigh megabytes. NULL: whole values, e.g. for one run ($4).
 RUNS = """
-SELECT r.id, r.tenant_id, r.workflow_id, w.name AS workflow_name, r.event_id,
-       e.type AS event_type, e.entity, e.row_id, r.status, r.error, r.match_reason,
+SELECT r.id, r.tenant_id, r.workflow_id, herald.clip(w.name, $5) AS workflow_name, r.event_id,
+       e.type AS event_type, e.entity, herald.clip(e.row_id, $5) AS row_id, r.status,
+       herald.clip(r.error, $5) AS error, herald.clip(r.match_reason ->> 'reason', $5) AS match_reason,
        r.created_at, r.started_at, r.completed_at, r.execution_time_ms
 FROM herald.runs r
 JOIN herald.workflows w ON w.id = r.workflow_id
 JOIN herald.events e ON e.id = r.event_id
 WHERE ($1::text IS NULL OR r.tenant_id = $1)
   AND ($2::text IS NULL OR r.status = $2)
+  AND ($4::bigint IS NULL OR r.id = $4)
 ORDER BY r.id DESC
 LIMIT $3
 """
 
 STEPS = """
-SELECT run_id, position, step_key, action, status, attempts, rendered, provider_response,
-       error, started_at, completed_at, execution_time_ms
+SELECT run_id, position, step_key, action, status, attempts, herald.clip(rendered, $2) AS rendered,
+       herald.clip(provider_response, $2) AS provider_response, herald.clip(error, $2) AS error,
+       started_at, completed_at, execution_time_ms
 FROM herald.steps
 WHERE run_id = ANY($1::bigint[])
 ORDER BY run_id, position
 """
 
+# Each rendered value, error or reason in a list of runs is cut to this many
+# characters, with "… [truncated: N characters in all]".
+LIST_VALUE_CHARS = 2000
+
 # Health: events not yet matched. Two arms so that each uses its partial index
 # (events_pending, events_dispatched) instead of scanning every matched event.
+# Events whose matching failed (state 'failed', final, the error in their
+# match_report) are not waiting for anything, so they are not backlog.
 OUTBOX_BACKLOG = """
 SELECT count(*) AS unmatched,
        count(*) FILTER (WHERE state = 'pending') AS pending,
@@ -147,13 +159,19 @@ async def delivery_stats(pool: asyncpg.Pool, *, tenant: str | None, hours: int) 
 
 
 async def recent_runs(
-    pool: asyncpg.Pool, *, tenant: str | None, status: str | None, limit: int
+    pool: asyncpg.Pool, *, tenant: str | None, status: str | None, limit: int,
+    run_id: int | None = None, clip: int | None = LIST_VALUE_CHARS,
 ) -> list[dict[str, Any]]:
-    """The latest runs, newest first, each with its steps."""
-    runs = await pool.fetch(RUNS, tenant, status, limit)
+    """The latest runs, newest first, each with its steps (only run ``run_id`` if given).
+
+    Long values (rendered messages, provider responses, errors, the match
+    reason) are cut to ``clip`` characters with their full length noted;
+    ``clip=None`` returns them whole (for a single run's page).
+    """
+    runs = await pool.fetch(RUNS, tenant, status, limit, run_id, clip)
     steps_by_run: dict[int, list[dict[str, Any]]] = {run["id"]: [] for run in runs}
     if runs:
-        for step in await pool.fetch(STEPS, list(steps_by_run)):
+        for step in await pool.fetch(STEPS, list(steps_by_run), clip):
             steps_by_run[step["run_id"]].append({key: _iso(step[key]) for key in STEP_COLUMNS})
     return [
         {
@@ -161,7 +179,7 @@ async def recent_runs(
             "workflow": {"id": str(run["workflow_id"]), "name": run["workflow_name"]},
             "event": {"id": run["event_id"], "type": run["event_type"],
                       "entity": run["entity"], "row_id": run["row_id"]},
-            "match_reason": (run["match_reason"] or {}).get("reason"),
+            "match_reason": run["match_reason"],
             "steps": steps_by_run[run["id"]],
         }
         for run in runs
