@@ -19,7 +19,9 @@ value in ``old`` against ``new``; ``status``, ``job.status`` and
 "now") and within_last ("7d", "24h", "30m", "90s" or seconds).
 
 Evaluation never raises: a missing path or a type mismatch is simply false,
-with the reason recorded.
+with the reason recorded. Every event is evaluated against every workflow of
+its tenant on a shared worker, so a workflow's conditions are bounded when it
+is parsed (see :mod:`actors.limits`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ from typing import Any
 import regex
 
 from actors.durations import parse_duration
+from actors.limits import (
+    REGEX_MAX_INPUT,
+    REGEX_MAX_PATTERN,
+    REGEX_TIMEOUT_S,
+    WORKFLOW_MAX_CONDITION_DEPTH,
+    WORKFLOW_MAX_CONDITIONS,
+    WORKFLOW_MAX_PATTERNS,
+)
 from actors.naming import camel_to_snake
 from config.errors import WorkflowValidationError
 
@@ -119,11 +129,6 @@ def _text(actual: Any) -> str:
     if not isinstance(actual, str):
         raise Mismatch(f"{type(actual).__name__} {actual!r} is not text")
     return actual
-
-
-REGEX_MAX_PATTERN = 256
-REGEX_MAX_INPUT = 10_000
-REGEX_TIMEOUT_S = 0.05
 
 
 def _matches(actual: Any, pattern: Any) -> bool:
@@ -270,31 +275,67 @@ class Group(Condition):
 
 
 def parse_condition(raw: Any, field: str) -> Condition:
-    """Parse either spelling; raise :class:`WorkflowValidationError` naming the field."""
-    if raw is None or raw == {}:
-        return Always()
-    if not isinstance(raw, dict):
-        raise WorkflowValidationError(field, "must be an object")
-    if "conditions" in raw or raw.get("operator") in ("and", "or", "not"):
-        return _parse_group(raw, field)
-    if "field" in raw and "operator" in raw:
-        return _parse_compare(raw, field)
-    return _parse_shorthand(raw, field)
+    """Parse either spelling; raise :class:`WorkflowValidationError` naming the field.
+
+    Every event runs the conditions of every workflow of its tenant on a shared
+    worker, so their size is bounded: at most WORKFLOW_MAX_CONDITIONS
+    comparisons, WORKFLOW_MAX_PATTERNS of them ``matches``, in groups nested at
+    most WORKFLOW_MAX_CONDITION_DEPTH deep.
+    """
+    return _Parser().parse(raw, field, 0)
 
 
-def _parse_group(raw: dict[str, Any], field: str) -> Condition:
-    operator = raw.get("operator", "and")
-    if operator not in ("and", "or", "not"):
-        raise WorkflowValidationError(f"{field}.operator", f"unknown group operator {operator!r}")
-    children = raw.get("conditions")
-    if not isinstance(children, list) or not children:
-        raise WorkflowValidationError(f"{field}.conditions", "must be a non-empty list")
-    if operator == "not" and len(children) != 1:
-        raise WorkflowValidationError(f"{field}.conditions", "'not' takes exactly one condition")
-    return Group(
-        operator,
-        tuple(parse_condition(child, f"{field}.conditions[{i}]") for i, child in enumerate(children)),
-    )
+class _Parser:
+    """One parse of a workflow's conditions: counts what the limits bound."""
+
+    def __init__(self) -> None:
+        self.comparisons = 0
+        self.patterns = 0
+
+    def parse(self, raw: Any, field: str, depth: int) -> Condition:
+        if raw is None or raw == {}:
+            return Always()
+        if not isinstance(raw, dict):
+            raise WorkflowValidationError(field, "must be an object")
+        if "conditions" in raw or raw.get("operator") in ("and", "or", "not"):
+            return self.group(raw, field, depth + 1)
+        if "field" in raw and "operator" in raw:
+            self.count(field)
+            compare = _parse_compare(raw, field)
+            if isinstance(compare, Compare) and compare.operator == "matches":
+                self.patterns += 1
+                if self.patterns > WORKFLOW_MAX_PATTERNS:
+                    raise WorkflowValidationError(
+                        f"{field}.operator",
+                        f"more than {WORKFLOW_MAX_PATTERNS} 'matches' conditions in one workflow",
+                    )
+            return compare
+        for _ in raw:
+            self.count(field)
+        return _parse_shorthand(raw, field)
+
+    def count(self, field: str) -> None:
+        self.comparisons += 1
+        if self.comparisons > WORKFLOW_MAX_CONDITIONS:
+            raise WorkflowValidationError(
+                field, f"more than {WORKFLOW_MAX_CONDITIONS} conditions in one workflow")
+
+    def group(self, raw: dict[str, Any], field: str, depth: int) -> Condition:
+        if depth > WORKFLOW_MAX_CONDITION_DEPTH:
+            raise WorkflowValidationError(
+                field, f"condition groups nested more than {WORKFLOW_MAX_CONDITION_DEPTH} levels deep")
+        operator = raw.get("operator", "and")
+        if operator not in ("and", "or", "not"):
+            raise WorkflowValidationError(f"{field}.operator", f"unknown group operator {operator!r}")
+        children = raw.get("conditions")
+        if not isinstance(children, list) or not children:
+            raise WorkflowValidationError(f"{field}.conditions", "must be a non-empty list")
+        if operator == "not" and len(children) != 1:
+            raise WorkflowValidationError(f"{field}.conditions", "'not' takes exactly one condition")
+        return Group(
+            operator,
+            tuple(self.parse(child, f"{field}.conditions[{i}]", depth) for i, child in enumerate(children)),
+        )
 
 
 def _parse_compare(raw: dict[str, Any], field: str) -> Condition:

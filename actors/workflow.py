@@ -10,15 +10,22 @@ Two document formats are read as written:
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from actors.actions import get_action
+from actors.conditions import Condition, parse_condition
 from actors.dedupe import DedupePolicy
+from actors.limits import (
+    TEMPLATE_MAX_SOURCE,
+    WORKFLOW_MAX_BYTES,
+    WORKFLOW_MAX_JSON_DEPTH,
+    WORKFLOW_MAX_STEPS,
+)
 from actors.rate_limits import RateLimit
 from actors.retry_policy import RetryPolicy
 from actors.templates import from_single_braces
-from actors.conditions import Condition, parse_condition
 from actors.triggers import Trigger, parse_trigger
 from config.errors import WorkflowValidationError
 
@@ -56,9 +63,15 @@ def _require_str(doc: dict[str, Any], key: str) -> str:
 
 
 def parse_workflow(doc: Any) -> WorkflowSpec:
-    """Validate a workflow document; errors name the field at fault."""
+    """Validate a workflow document; errors name the field at fault.
+
+    A workflow runs on workers every tenant shares, so its size is bounded
+    too (:mod:`actors.limits`): the document, its steps, its conditions and
+    each template.
+    """
     if not isinstance(doc, dict):
         raise WorkflowValidationError("(document)", "a workflow must be a JSON object")
+    too_deep = _check_size(doc)
     name = _require_str(doc, "name")
     source_id = doc.get("id")
     if source_id is not None and not isinstance(source_id, str):
@@ -66,10 +79,12 @@ def parse_workflow(doc: Any) -> WorkflowSpec:
     if "trigger_type" in doc or "steps" in doc:
         trigger = parse_trigger(doc.get("trigger_type"), "trigger_type", doc.get("trigger_config"))
         condition = parse_condition(doc.get("trigger_conditions"), "trigger_conditions")
+        _refuse_depth(too_deep)
         steps = _field_service_steps(doc.get("steps"))
     elif "trigger" in doc or "actions" in doc:
         trigger = parse_trigger(doc.get("trigger"), "trigger", doc.get("trigger_config"))
         condition = parse_condition(doc.get("condition"), "condition")
+        _refuse_depth(too_deep)
         steps = _rule_actions(doc.get("actions"))
     else:
         raise WorkflowValidationError(
@@ -81,9 +96,58 @@ def parse_workflow(doc: Any) -> WorkflowSpec:
     return WorkflowSpec(name, source_id, trigger, condition, steps, dedupe)
 
 
+def _check_size(doc: dict[str, Any]) -> str | None:
+    """Refuse a document over WORKFLOW_MAX_BYTES; return the top-level key under
+    which it nests deeper than WORKFLOW_MAX_JSON_DEPTH, if it does (refused by
+    :func:`_refuse_depth` once the conditions have had their say: too deep
+    there, they name the exact place)."""
+    try:
+        size = len(json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+    except RecursionError:  # nested deeper than Python recurses: measured below, without recursion
+        size = 0
+    if size > WORKFLOW_MAX_BYTES:
+        raise WorkflowValidationError(
+            "(document)", f"the workflow is {size:,} bytes of JSON; at most {WORKFLOW_MAX_BYTES:,} are allowed")
+    for key, value in doc.items():
+        # Level by level, without recursion: any depth is measured without a RecursionError.
+        level, depth = [value], 2
+        while level := [item for container in level if isinstance(container, (dict, list))
+                        for item in (container.values() if isinstance(container, dict) else container)]:
+            depth += 1
+            if depth > WORKFLOW_MAX_JSON_DEPTH + 1:
+                return str(key)
+    return None
+
+
+def _refuse_depth(key: str | None) -> None:
+    if key is not None:
+        raise WorkflowValidationError(key, f"nested more than {WORKFLOW_MAX_JSON_DEPTH} levels deep")
+
+
+def _check_count(raw: list[Any], field: str) -> None:
+    if len(raw) > WORKFLOW_MAX_STEPS:
+        raise WorkflowValidationError(
+            field, f"{len(raw)} steps; a workflow may have at most {WORKFLOW_MAX_STEPS}")
+
+
+def _check_templates(value: Any, field: str) -> None:
+    """Every string of a step's configuration may be a template: at most TEMPLATE_MAX_SOURCE characters."""
+    if isinstance(value, str):
+        if len(value) > TEMPLATE_MAX_SOURCE:
+            raise WorkflowValidationError(
+                field, f"the template is {len(value):,} characters long; at most {TEMPLATE_MAX_SOURCE:,}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_templates(item, f"{field}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_templates(item, f"{field}[{i}]")
+
+
 def _field_service_steps(raw: Any) -> tuple[StepSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise WorkflowValidationError("steps", "must be a non-empty list")
+    _check_count(raw, "steps")
     steps = []
     for i, step in enumerate(raw):
         field = f"steps[{i}]"
@@ -95,6 +159,7 @@ def _field_service_steps(raw: Any) -> tuple[StepSpec, ...]:
         config = step.get("config")
         if not isinstance(config, dict):
             raise WorkflowValidationError(f"{field}.config", "must be an object")
+        _check_templates(config, f"{field}.config")
         action_name = "delay" if step_type == "delay" else config.get("actionType")
         action = get_action(action_name, f"{field}.config.actionType")
         action.validate(config, f"{field}.config")
@@ -107,6 +172,7 @@ def _field_service_steps(raw: Any) -> tuple[StepSpec, ...]:
 def _rule_actions(raw: Any) -> tuple[StepSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise WorkflowValidationError("actions", "must be a non-empty list")
+    _check_count(raw, "actions")
     steps = []
     for i, item in enumerate(raw):
         field = f"actions[{i}]"
@@ -116,6 +182,7 @@ def _rule_actions(raw: Any) -> tuple[StepSpec, ...]:
         args = item.get("args", {})
         if not isinstance(args, dict):
             raise WorkflowValidationError(f"{field}.args", "must be an object")
+        _check_templates(args, f"{field}.args")
         # The CRM rules write templates with single braces: {appointment.patientId}.
         args = _single_braces(args)
         action.validate(args, f"{field}.args")

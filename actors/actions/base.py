@@ -12,6 +12,7 @@ recorded *sending* before the call.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 import aiohttp
 import asyncpg
 
+from actors.limits import STEP_TEMPLATES_TIME_LIMIT_S
 from actors.middleware.rate_limits import default_limit
 from actors.rate_limits import RateLimit
 from actors.templates import render
@@ -54,6 +56,8 @@ class StepRun:
     # the others (which call a provider) hold none and use ``pool`` briefly.
     conn: asyncpg.Connection | None = None
     rendered: dict[str, Any] = field(default_factory=dict)
+    # Seconds this step's templates have taken so far (STEP_TEMPLATES_TIME_LIMIT_S in all).
+    render_seconds: float = field(default=0.0, init=False)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -81,19 +85,31 @@ class StepRun:
         value = self.param(param)
         if value is None:
             return None
-        text = render(str(value), self.context, field=param.name, html=html)
+        text = self._render(str(value), param.name, html)
         self.rendered[param.name] = text
         return text
 
     def render_object(self, value: Any, path: str) -> Any:
         """Render every string inside a JSON-like value."""
         if isinstance(value, str):
-            return render(value, self.context, field=path)
+            return self._render(value, path, False)
         if isinstance(value, dict):
             return {k: self.render_object(v, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, list):
             return [self.render_object(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
+
+    def _render(self, source: str, path: str, html: bool) -> str:
+        """Render on the calling thread (the worker's event loop), within the time
+        this step has left: each template stops at TEMPLATE_TIME_LIMIT_S and all of
+        one step's at STEP_TEMPLATES_TIME_LIMIT_S, so a slow template holds the
+        loop, and with it other tenants' steps, for at most that long."""
+        started = time.monotonic()
+        try:
+            return render(source, self.context, field=path, html=html,
+                          time_left=STEP_TEMPLATES_TIME_LIMIT_S - self.render_seconds)
+        finally:
+            self.render_seconds += time.monotonic() - started
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,19 @@ def test_invalid_conditions_name_the_field(raw: Any, field: str, words: str) -> 
     with pytest.raises(WorkflowValidationError) as caught:
         parse_condition(raw, "c")
     assert caught.value.field == field and words in caught.value.message
+
+
+def test_condition_groups_are_bounded_in_depth_and_count() -> None:
+    condition: dict[str, Any] = {"field": "job.status", "operator": "equals", "value": "completed"}
+    for _ in range(330):
+        condition = {"operator": "not", "conditions": [condition]}
+    with pytest.raises(WorkflowValidationError) as caught:
+        parse_condition(condition, "c")
+    assert caught.value.message == "condition groups nested more than 20 levels deep"
+    assert caught.value.field == "c" + ".conditions[0]" * 20
+    many = {"operator": "and", "conditions": [{"field": "job.status", "operator": "exists"}] * 201}
+    with pytest.raises(WorkflowValidationError) as caught:
+        parse_condition(many, "c")
+    assert (caught.value.field, caught.value.message) == ("c.conditions[200]", "more than 200 conditions in one workflow")
+    many["conditions"] = many["conditions"][:200]
+    assert parse_condition(many, "c").evaluate(CONTEXT, now=NOW).matched

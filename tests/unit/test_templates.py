@@ -1,11 +1,21 @@
-"""Templates: camelCase over snake_case columns, strict variables, sandboxed."""
+"""Templates: camelCase over snake_case columns, strict variables, sandboxed and bounded."""
 
 from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import pytest
 
 from actors.actions.base import require
-from actors.templates import as_records, camel_to_snake, from_single_braces, referenced_fields, render
+from actors.limits import TEMPLATE_TIME_LIMIT_S
+from actors.templates import (
+    as_records,
+    camel_to_snake,
+    from_single_braces,
+    referenced_fields,
+    render,
+)
 from config.errors import StepError, TemplateRenderError
 
 CONTEXT = as_records({
@@ -95,3 +105,103 @@ def test_single_braces_become_templates() -> None:
 def test_referenced_fields_lists_name_attribute_pairs() -> None:
     assert referenced_fields("Hi {{client.firstName}}, {{ job.title | upper }} {{ x }}") == {
         ("client", "firstName"), ("job", "title")}
+
+
+# --- One tenant's template cannot stop, slow or change what another render sees ---
+
+
+def test_a_template_cannot_change_the_context_other_fields_render_from() -> None:
+    context = as_records({"client": {"first_name": "Maria"}})
+    with pytest.raises(TemplateRenderError, match="security"):
+        render("{{ client.update({'first_name': 'Eve'}) }}", context, field="subject")
+    assert render("Dear {{ client.firstName }}", context, field="message") == "Dear Maria"
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        pytest.param("{{ range(10**6) | length }}", "asks range() for more than 10,000 numbers", id="range-million"),
+        pytest.param("{{ range(50000) | length }}", "asks range() for more than 10,000 numbers", id="range-50000"),
+        pytest.param("{{ ('x' * 10**9) | length }}", "builds a string longer than 262,144 characters",
+                     id="string-times-billion"),
+        pytest.param("{{ (['x'] * 300000) | length }}", "builds a list or mapping larger than 262,144",
+                     id="list-times"),
+        pytest.param("{{ 9 ** (9 ** 9) }}", "computes a number larger than 4,096 bits", id="power-9-9-9"),
+        pytest.param("{{ (9 ** 100000) > 0 }}", "computes a number larger than 4,096 bits", id="power-big"),
+        pytest.param("{% set ns = namespace(s='x') %}{% for i in range(30) %}{% set ns.s = ns.s ~ ns.s %}"
+                     "{% endfor %}{{ ns.s | length }}", "builds a string longer than", id="concat-doubling"),
+        pytest.param("{{ 'x'.center(300000) | length }}", "builds a string longer than", id="str-center"),
+        pytest.param("{{ 'x' | center(300000) | length }}", "builds a string longer than", id="center-filter"),
+        pytest.param("{{ '{:>300000}'.format(1) | length }}", "builds a string longer than", id="format-width"),
+        pytest.param("{{ ('%300000d' % 1) | length }}", "builds a string longer than", id="printf-width"),
+        pytest.param("{{ ('x' * 1000) | replace('x', 'y' * 1000) | length }}", "builds a string longer than",
+                     id="replace"),
+        pytest.param("{% set a = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1] %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+                     "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{% set d = [c, c, c, c, c, c, c, c, c, c] %}"
+                     "{% set e = [d, d, d, d, d, d, d, d, d, d] %}{% set f = [e, e, e, e, e, e, e, e, e, e] %}"
+                     "{{ f | length }}", "builds a list or mapping larger than", id="nested-lists"),
+        pytest.param("{% for i in range(3000) %}{{ 'x' * 100 }}{% endfor %}", "renders more than 262,144 characters",
+                     id="output"),
+        pytest.param("{% set s %}{% for i in range(3000) %}{{ 'x' * 100 }}{% endfor %}{% endset %}{{ s | length }}",
+                     "renders more than 262,144 characters", id="block-output"),
+    ],
+)
+def test_templates_that_would_build_huge_values_are_refused(source: str, reason: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(TemplateRenderError) as caught:
+        render(source, CONTEXT, field="message")
+    assert str(caught.value).startswith("template for message ") and reason in str(caught.value)
+    assert time.monotonic() - started < 1.0
+
+
+def test_lipsum_is_not_available() -> None:
+    with pytest.raises(TemplateRenderError, match="lipsum is undefined"):
+        render("{{ lipsum(10**5) }}", CONTEXT, field="message")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param("{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+                     id="nested-loops"),
+        pytest.param("{% macro twice(n) %}{% if n %}{{ twice(n - 1) }}{{ twice(n - 1) }}{% endif %}{% endmacro %}"
+                     "{{ twice(40) }}", id="recursion"),
+    ],
+)
+def test_a_slow_template_stops_at_the_time_limit(source: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(TemplateRenderError) as caught:
+        render(source, CONTEXT, field="subject")
+    elapsed = time.monotonic() - started
+    assert str(caught.value) == "template for subject took longer than 1 s"
+    assert TEMPLATE_TIME_LIMIT_S <= elapsed < 1.5
+
+
+def test_a_step_that_spent_its_time_renders_no_more() -> None:
+    slow = "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    with pytest.raises(TemplateRenderError, match="ran past the 2 s all the templates of one step may take"):
+        render(slow, CONTEXT, field="payload.b", time_left=0.2)
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(TemplateRenderError, match="template for payload.c not rendered"):
+        render("{{ job.title }}", CONTEXT, field="payload.c", time_left=0.0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="resident memory is read from /proc")
+def test_a_template_holding_many_large_values_stops_at_the_memory_limit() -> None:
+    # Each value is under the size limit; 800 of them are 200 MB.
+    source = "{% set s = 'x' * 262000 %}" + "".join(f"{{% set v{i} = s ~ {i} %}}" for i in range(800)) + "{{ v1 }}"
+    with pytest.raises(TemplateRenderError, match="template for message uses more than 64 MB of memory"):
+        render(source, CONTEXT, field="message")
+
+
+def test_the_limits_leave_ordinary_templates_alone() -> None:
+    source = ("{% for tag in ['a', 'b'] %}{{ tag | upper }}{% if not loop.last %}, {% endif %}{% endfor %}"
+              " {{ '%s has %d' % (client.firstName, 2) }} {{ '{}!'.format(job.title) }}"
+              " {{ (range(3) | list) + [3] }} {{ 2 ** 10 }} {{ 'ab' * 2 }} {{ job.title ~ '.' }}"
+              " {{ range(10000) | sum }} {{ ['x', 'y'] | join('-') }}")
+    assert render(source, CONTEXT, field="message") == (
+        "A, B Maria has 2 Replace faucet! [0, 1, 2, 3] 1024 abab Replace faucet. 49995000 x-y")
+    assert render("<b>{{ client.firstName ~ '<' }}</b>", CONTEXT, field="html", html=True) == "<b>Maria&lt;</b>"
+    with pytest.raises(TemplateRenderError, match="template for message asks range"):  # one past the limit
+        render("{{ range(10001) | sum }}", CONTEXT, field="message")

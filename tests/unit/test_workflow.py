@@ -155,3 +155,77 @@ def test_dedupe_policy_skips_within_the_window_only() -> None:
     with pytest.raises(WorkflowValidationError) as caught:
         DedupePolicy.from_config({"once_per": "0s"})
     assert caught.value.field == "dedupe.once_per"
+
+
+# --- A workflow's size is bounded: every event of its tenant runs it on a shared worker ---
+
+
+def nested(levels: int) -> dict[str, Any]:
+    condition: dict[str, Any] = {"field": "new.status", "operator": "equals", "value": "completed"}
+    for _ in range(levels):
+        condition = {"operator": "and", "conditions": [condition]}
+    return condition
+
+
+def refusal(document: dict[str, Any]) -> WorkflowValidationError:
+    with pytest.raises(WorkflowValidationError) as caught:
+        parse_workflow(document)
+    return caught.value
+
+
+def test_a_huge_workflow_is_refused_before_anything_else(document: dict[str, Any]) -> None:
+    # 100,000 regular expressions: 6 MB that took the event loop 83 minutes per event.
+    document["trigger_conditions"] = {"operator": "or", "conditions": [
+        {"field": "new.title", "operator": "matches", "value": "(a+)+$"}] * 100_000}
+    error = refusal(document)
+    assert error.field == "(document)"
+    assert error.message.startswith("the workflow is 6,") and "at most 262,144 are allowed" in error.message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "message"),
+    [
+        pytest.param(lambda d: d.update(steps=[{**d["steps"][0], "id": f"s{i}"} for i in range(51)]),
+                     "steps", "51 steps; a workflow may have at most 50", id="steps"),
+        pytest.param(lambda d: d.update(trigger_conditions={"operator": "or", "conditions": [
+            {"field": "new.title", "operator": "equals", "value": str(i)} for i in range(201)]}),
+            "trigger_conditions.conditions[200]", "more than 200 conditions in one workflow", id="conditions"),
+        pytest.param(lambda d: d.update(trigger_conditions={f"new_field{i}": i for i in range(201)}),
+                     "trigger_conditions", "more than 200 conditions in one workflow", id="shorthand-conditions"),
+        pytest.param(lambda d: d.update(trigger_conditions={"operator": "or", "conditions": [
+            {"field": "new.title", "operator": "matches", "value": f"^{i}"} for i in range(11)]}),
+            "trigger_conditions.conditions[10].operator", "more than 10 'matches' conditions in one workflow",
+            id="patterns"),
+        pytest.param(lambda d: d.update(trigger_conditions=nested(21)),
+                     "trigger_conditions" + ".conditions[0]" * 20, "condition groups nested more than 20 levels deep",
+                     id="condition-depth"),
+        pytest.param(lambda d: d["steps"][0]["config"].update(message="x" * 20_481),
+                     "steps[0].config.message", "the template is 20,481 characters long; at most 20,480",
+                     id="template-length"),
+    ],
+)
+def test_limits_name_the_field_at_fault(document: dict[str, Any], mutate: Any, field: str, message: str) -> None:
+    mutate(document)
+    error = refusal(document)
+    assert (error.field, error.message) == (field, message)
+
+
+def test_the_largest_allowed_workflow_parses(document: dict[str, Any]) -> None:
+    document["trigger_conditions"] = nested(20)
+    document["steps"][0]["config"]["message"] = "x" * 20_480
+    assert parse_workflow(document).name == "Job Completed"
+    document["trigger_conditions"] = nested(21)  # one more level than allowed
+    assert refusal(document).message == "condition groups nested more than 20 levels deep"
+
+
+def test_deep_nesting_is_a_validation_error_not_a_recursion_error(document: dict[str, Any]) -> None:
+    document["trigger_conditions"] = nested(330)
+    error = refusal(document)
+    assert error.field.startswith("trigger_conditions.conditions[0]")
+    assert error.message == "condition groups nested more than 20 levels deep"
+    payload: Any = "{{ job.title }}"
+    for _ in range(330):
+        payload = {"nested": payload}
+    document["trigger_conditions"] = {"new_status": "completed"}
+    document["steps"][0]["config"] = {"actionType": "webhook", "url": "https://example.com/hook", "payload": payload}
+    assert (refusal(document).field, refusal(document).message) == ("steps", "nested more than 64 levels deep")
