@@ -89,6 +89,20 @@ def _url(*schemes: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+# One entry of HERALD_DASHBOARD_ALLOWED_HOSTS: a host name, an IPv4 address or a
+# bracketed IPv6 one, optionally with a port.
+_ALLOWED_HOST = re.compile(r"^(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$", re.IGNORECASE)
+_ALLOWED_HOSTS_RULE = ("be a comma-separated list of host names the dashboard answers to, each optionally"
+                       " with :port (e.g. herald.example.com,10.0.0.5:8080,[::1])")
+
+
+def _allowed_hosts(text: str) -> str:
+    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    if not entries or not all(_ALLOWED_HOST.match(entry) for entry in entries):
+        raise ValueError(_ALLOWED_HOSTS_RULE)
+    return text
+
+
 def _choices(names: tuple[str, ...]) -> str:
     return "be one of " + ", ".join(names)
 
@@ -105,6 +119,7 @@ SmsProviderName = Annotated[SmsProvider, _folded(str.lower), Field(description=_
 LogLevelName = Annotated[LogLevel, _folded(str.upper), Field(description=_choices(LOG_LEVELS))]
 LogFormatName = Annotated[LogFormat, _folded(str.lower), Field(description=_choices(LOG_FORMATS))]
 RecipientLimit = Annotated[str, AfterValidator(_recipient_limit), Field(description=_RECIPIENT_LIMIT_RULE)]
+AllowedHosts = Annotated[str, AfterValidator(_allowed_hosts), Field(description=_ALLOWED_HOSTS_RULE)]
 PostgresUrl = Annotated[str, _url("postgresql", "postgres"),
                         Field(description="be a postgresql:// URL")]
 RedisUrl = Annotated[str, _url("redis", "rediss", "unix"),
@@ -133,6 +148,8 @@ class _Environment(BaseSettings):
     data_dir: Text = _var("HERALD_DATA_DIR")
     dashboard_host: Text = _var("HERALD_DASHBOARD_HOST")
     dashboard_port: Port = _var("HERALD_DASHBOARD_PORT")
+    # Comma-separated; split into a tuple by from_env.
+    dashboard_allowed_hosts: AllowedHosts = _var("HERALD_DASHBOARD_ALLOWED_HOSTS")
     log_level: LogLevelName = _var("HERALD_LOG_LEVEL")
     log_format: LogFormatName = _var("HERALD_LOG_FORMAT")
     worker_processes: Positive = _var("HERALD_WORKER_PROCESSES")
@@ -249,6 +266,9 @@ class Settings:
     data_dir: Path = Path(".herald").resolve()
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8080
+    # Host names (host or host:port) the dashboard answers to besides its own address and
+    # the loopback names; any other Host header is refused (DNS rebinding).
+    dashboard_allowed_hosts: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | json | console
     worker_processes: int = 1
@@ -320,6 +340,10 @@ class Settings:
                 "(Herald then runs its own embedded servers)"
             )
         layout = EmbeddedLayout.for_dir(Path(values.pop("data_dir", ".herald")))
+        if "dashboard_allowed_hosts" in values:
+            values["dashboard_allowed_hosts"] = tuple(
+                host.strip().lower() for host in values["dashboard_allowed_hosts"].split(",") if host.strip()
+            )
         if "webhook_allowlist" in values:
             values["webhook_allowlist"] = tuple(
                 host.strip() for host in values["webhook_allowlist"].split(",") if host.strip()

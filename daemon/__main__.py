@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import getpass
 import json
+import math
 import os
 import socket
 import sys
@@ -132,16 +133,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "port", None):
         overrides["dashboard_port"] = str(args.port)
     set_for_process(**overrides)
+    settings: Settings | None = None
     try:
         settings = current()
         configure_logging(settings, process=args.command)
         return COMMANDS[args.command](settings, args)
     except WorkflowValidationError as exc:
-        print(f"herald: invalid workflow: {exc}", file=sys.stderr)
+        print(f"herald: invalid workflow: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except HeraldError as exc:
-        print(f"herald: {exc}", file=sys.stderr)
+        print(f"herald: {one_line(str(exc))}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        # Commands that read what a person typed or wrote: input Herald's own checks missed
+        # is still reported in one line, not as a traceback (HERALD_LOG_LEVEL=DEBUG shows it).
+        reason = _bad_input(exc) if args.command in INPUT_COMMANDS else None
+        if reason is None:
+            raise
+        if settings is not None and settings.log_level == "DEBUG":
+            log.debug("command failed on its input", exc_info=True)
+        print(f"herald: {reason}", file=sys.stderr)
+        return 2
+
+
+# Commands whose arguments and files come from a person; see main().
+INPUT_COMMANDS = frozenset({"trigger", "retry", "workflows", "rate-limit"})
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: line breaks and other control characters escaped."""
+    return "".join(char if char.isprintable() or char == " " else char.encode("unicode_escape").decode()
+                   for char in text)
+
+
+def _bad_input(exc: Exception) -> str | None:
+    """One line about an error that bad input causes, or None for any other error."""
+    import asyncpg
+
+    if isinstance(exc, RecursionError):
+        return "the input is nested too deeply"
+    if isinstance(exc, UnicodeError):
+        return f"the input is not valid Unicode text ({one_line(str(exc))[:200]})"
+    if isinstance(exc, (ValueError, OverflowError)):
+        return f"invalid input: {one_line(str(exc))[:300]}"
+    if isinstance(exc, asyncpg.DataError):
+        return f"the database refused the input: {one_line(str(exc))[:300]}"
+    return None
 
 
 # -- commands ------------------------------------------------------------------
@@ -281,39 +318,75 @@ def _without_password(url: str) -> tuple[str, dict[str, str]]:
 
 
 def _read_json_file(path: str) -> Any:
+    """A JSON document read from ``path``; HeraldConfigError saying in one line why not
+    (unreadable, not UTF-8 text, not JSON, nested too deeply, a number out of range)."""
     try:
-        with open(path) as handle:
-            return json.load(handle)
+        with open(path, "rb") as handle:
+            data = handle.read()
     except OSError as exc:
         raise HeraldConfigError(f"{path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise HeraldConfigError(f"{path}: not UTF-8 text (byte {exc.start}): is it a binary file?") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise HeraldConfigError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise HeraldConfigError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # an integer of thousands of digits, 1e999, NaN
+        raise HeraldConfigError(f"{path}: not valid JSON ({one_line(str(exc))[:200]})") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
 
 
 def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
-    from actors.workflow import parse_workflow
+    from actors.workflow import WorkflowSpec, parse_workflow
+    from daemon.triggering import check_storable, check_text
 
     if args.workflows_command == "export":
+        if args.tenant is not None:
+            check_text(args.tenant, "--tenant")
         return _export_workflows(settings, args)
-    specs = []
+    if args.workflows_command == "import":
+        check_text(args.tenant, "--tenant")
+    documents: list[tuple[str, Any, WorkflowSpec]] = []
     failed = 0
     for path in args.files:
+        # Each file gets one line: what is wrong with it, never a traceback.
         try:
-            specs.append((path, parse_workflow(_read_json_file(path))))
+            document = _read_json_file(path)
+            check_storable(document, "the workflow")
+            documents.append((path, document, parse_workflow(document)))
         except (WorkflowValidationError, HeraldConfigError) as exc:
-            print(f"{path}: invalid: {exc}", file=sys.stderr)
+            print(f"{path}: invalid: {one_line(str(exc).removeprefix(f'{path}: '))}", file=sys.stderr)
+            failed += 1
+        except RecursionError:
+            print(f"{path}: invalid: nested too deeply", file=sys.stderr)
+            failed += 1
+        except ValueError as exc:  # UnicodeError among them
+            print(f"{path}: invalid: {one_line(str(exc))[:300]}", file=sys.stderr)
             failed += 1
     if failed:
         return 2
     if args.workflows_command == "validate":
-        for path, spec in specs:
+        for path, _, spec in documents:
             print(f"{path}: valid ({spec.name}: {spec.trigger.name}, {len(spec.steps)} steps)")
         return 0
-    return _import_workflows(settings, args, [path for path, _ in specs])
+    return _import_workflows(settings, args, documents)
 
 
-def _import_workflows(settings: Settings, args: argparse.Namespace, paths: list[str]) -> int:
-    from actors.workflow import parse_workflow
+def _import_workflows(settings: Settings, args: argparse.Namespace, documents: list[tuple[str, Any, Any]]) -> int:
     from config.database import connection
     from daemon.embedded import servers_for
     from daemon.workflows import import_workflow, template_warnings
@@ -321,11 +394,10 @@ def _import_workflows(settings: Settings, args: argparse.Namespace, paths: list[
     async def run() -> None:
         await _migrate(settings)
         async with connection(settings.database_url) as conn:
-            for path in paths:
-                document = _read_json_file(path)
+            for path, document, spec in documents:
                 workflow_id = await import_workflow(conn, args.tenant, document)
                 print(f"{path}: imported as {workflow_id} for tenant {args.tenant}")
-                for warning in await template_warnings(conn, parse_workflow(document)):
+                for warning in await template_warnings(conn, spec):
                     print(f"{path}: warning: {warning}", file=sys.stderr)
 
     with servers_for(settings, redis=False):
@@ -354,6 +426,7 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
 
     if (args.run_id is None) == (not args.failed):
         raise HeraldConfigError("give a run id, or --failed with filters")
+    _check_retry_args(args)
 
     def send_step(action: str, step_id: int) -> None:
         dramatiq.get_broker().get_actor(ACTIONS[action].actor).send([step_id])
@@ -386,14 +459,40 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(run())
 
 
+def _check_retry_args(args: argparse.Namespace) -> None:
+    """Refuse, before any server is touched, what PostgreSQL could not take."""
+    from daemon.retries import MAX_RUN_ID
+    from daemon.triggering import check_text, check_workflow_id
+
+    if args.run_id is not None and not 1 <= args.run_id <= MAX_RUN_ID:
+        raise HeraldConfigError(f"the run id must be from 1 to {MAX_RUN_ID} (got {str(args.run_id)[:40]})")
+    if args.workflow is not None:
+        args.workflow = check_workflow_id(args.workflow)
+    for option in ("tenant", "error", "reason", "by"):
+        if getattr(args, option) is not None:
+            check_text(getattr(args, option), f"--{option}")
+
+
 def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
+    from actors.triggers import TIME_TRIGGERS, parse_trigger
     from config.database import connection
     from daemon.embedded import servers_for
-    from daemon.triggering import fire_event
+    from daemon.triggering import check_storable, check_text, check_workflow_id, fire_event
 
+    # Everything that can be judged without the database is, before any server starts.
+    check_text(args.tenant, "--tenant")
+    check_text(args.type, "the trigger")
+    if args.type not in TIME_TRIGGERS:
+        try:
+            parse_trigger(args.type, "trigger")
+        except WorkflowValidationError as exc:
+            raise HeraldConfigError(exc.message) from None
+    if args.workflow is not None:
+        args.workflow = check_workflow_id(args.workflow)
     payload = _read_json_file(args.payload)
     if not isinstance(payload, dict):
         raise HeraldConfigError(f"{args.payload}: the payload must be a JSON object")
+    check_storable(payload, args.payload)
 
     async def run() -> int:
         async with connection(settings.database_url) as conn:
@@ -409,9 +508,16 @@ def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_rate_limit(settings: Settings, args: argparse.Namespace) -> int:
     from config.database import connection
     from daemon.embedded import servers_for
-    from daemon.tenants import set_rate_limit
+    from daemon.tenants import check_rate_limit, set_rate_limit
+    from daemon.triggering import check_text
 
+    check_text(args.tenant, "--tenant")
     rate_limit = {"per_recipient": args.per_recipient, "window": args.window, "over_limit": args.over_limit}
+    try:
+        check_rate_limit(rate_limit)  # before any server starts; 0 to 1,000,000, at most 10 years
+    except WorkflowValidationError as exc:
+        option = "--" + exc.field.rsplit(".", 1)[-1].replace("_", "-")
+        raise HeraldConfigError(f"{option}: {exc.message}") from None
 
     async def run() -> None:
         await _migrate(settings)

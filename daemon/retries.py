@@ -16,6 +16,11 @@ from typing import Any
 
 import asyncpg
 
+from daemon.triggering import check_workflow_id
+
+# Run ids are PostgreSQL bigints: a larger number is no run (and asyncpg could not send it).
+MAX_RUN_ID = 2**63 - 1
+
 CLAIM_RUN = """
 UPDATE herald.runs
 SET status = 'running', error = NULL, completed_at = NULL, execution_time_ms = NULL,
@@ -90,6 +95,8 @@ async def retry_run(
     send_step: SendStep, tenant_id: str | None = None,
 ) -> bool:
     """Retry one failed run; False when it is not failed (any more) or not the tenant's."""
+    if not 1 <= run_id <= MAX_RUN_ID:
+        return False
     async with conn.transaction():
         run = await conn.fetchrow(CLAIM_RUN, run_id, tenant_id)
         if run is None:
@@ -110,8 +117,9 @@ async def retry_failed(
 ) -> RetrySummary:
     """Retry every failed run the filter selects (or, with ``dry_run``, count them)."""
     summary = RetrySummary()
+    workflow_id = None if where.workflow_id is None else check_workflow_id(where.workflow_id)
     rows: list[Any] = await conn.fetch(
-        FAILED_RUNS, where.tenant_id, where.workflow_id, where.error, where.since, where.until)
+        FAILED_RUNS, where.tenant_id, workflow_id, where.error, where.since, where.until)
     for row in rows:
         summary.runs += 1
         summary.messages_to_resend += row["to_resend"]

@@ -3,17 +3,27 @@
 The event runs the tenant's workflows whose trigger has exactly this name
 (or only ``workflow_id``), with the payload as the entity's row. When the
 entity's table is watched, its relations are loaded as for a real change.
+
+Input is checked before anything is written: PostgreSQL refuses a NUL
+character in text and jsonb, and an unpaired surrogate is no Unicode it can
+store, so either is refused here with the place it was found, as is a
+``workflow_id`` that is not one of the tenant's workflows.
 """
 
 from __future__ import annotations
 
+import math
+import uuid
 from typing import Any
 
 import asyncpg
 
 from actors.triggers import TIME_TRIGGERS, parse_trigger
+from config.errors import HeraldConfigError, WorkflowValidationError
 
 TABLE_OF_ENTITY = "SELECT table_name FROM herald.watched_tables WHERE entity = $1"
+
+WORKFLOW_OF_TENANT = "SELECT 1 FROM herald.workflows WHERE id = $1 AND tenant_id = $2"
 
 INSERT_EVENT = """
 INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, new, workflow_id)
@@ -22,18 +32,80 @@ RETURNING id
 """
 
 
+def text_problem(text: str) -> str | None:
+    """Why PostgreSQL could not store ``text`` as it is, or None."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which PostgreSQL cannot store"
+    for char in text:
+        if "\ud800" <= char <= "\udfff":
+            return f"contains an unpaired surrogate (\\u{ord(char):04x}), which is not valid Unicode"
+    return None
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` if PostgreSQL can store it; else HeraldConfigError naming ``what``."""
+    problem = text_problem(text)
+    if problem:
+        raise HeraldConfigError(f"{what} {problem}")
+    return text
+
+
+def check_storable(value: Any, what: str) -> None:
+    """Refuse a JSON value PostgreSQL's jsonb cannot hold: a NUL character or an unpaired
+    surrogate in any key or string, or a number that is not finite. The message names
+    ``what`` and the path inside it (``$.client.note``). Iterative, so depth costs no stack."""
+    pending: list[tuple[Any, str]] = [(value, "$")]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem:
+                raise HeraldConfigError(f"{what}: the text at {path} {problem}")
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise HeraldConfigError(f"{what}: the number at {path} is not finite ({item})")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                key_text = str(key)
+                problem = text_problem(key_text)
+                if problem:
+                    raise HeraldConfigError(f"{what}: a key in {path} {problem}")
+                pending.append((child, f"{path}.{key_text}" if len(path) < 200 else path))
+        elif isinstance(item, (list, tuple)):
+            pending.extend((child, f"{path}[{i}]" if len(path) < 200 else path) for i, child in enumerate(item))
+
+
+def check_workflow_id(workflow_id: str, what: str = "--workflow") -> str:
+    """A workflow id is a UUID (as ``herald workflows export`` shows it)."""
+    try:
+        return str(uuid.UUID(workflow_id))
+    except ValueError:
+        raise HeraldConfigError(f"{what} must be a workflow id, a UUID as `herald workflows export`"
+                                f" shows (got {workflow_id[:60]!r})") from None
+
+
 async def fire_event(
     conn: asyncpg.Connection, *, tenant_id: str, trigger_type: str, payload: dict[str, Any],
     workflow_id: str | None = None,
 ) -> int:
     """Write a MANUAL event to the outbox (and NOTIFY at commit); return its id.
 
-    Raises WorkflowValidationError for an unknown trigger name.
+    Raises HeraldConfigError for an unknown trigger name, a payload PostgreSQL
+    cannot store, or a ``workflow_id`` that is not one of the tenant's workflows.
     """
-    if trigger_type in TIME_TRIGGERS:
-        entity = TIME_TRIGGERS[trigger_type][0]
-    else:
-        entity = parse_trigger(trigger_type, "trigger").entity
+    check_text(tenant_id, "the tenant")
+    check_text(trigger_type, "the trigger")
+    check_storable(payload, "the payload")
+    try:
+        if trigger_type in TIME_TRIGGERS:
+            entity = TIME_TRIGGERS[trigger_type][0]
+        else:
+            entity = parse_trigger(trigger_type, "trigger").entity
+    except WorkflowValidationError as exc:
+        raise HeraldConfigError(exc.message) from None
+    if workflow_id is not None:
+        workflow_id = check_workflow_id(workflow_id)
+        if await conn.fetchval(WORKFLOW_OF_TENANT, uuid.UUID(workflow_id), tenant_id) is None:
+            raise HeraldConfigError(f"--workflow {workflow_id}: tenant {tenant_id} has no such workflow")
     table = await conn.fetchval(TABLE_OF_ENTITY, entity) or "manual"
     row_id = payload.get("id")
     async with conn.transaction():

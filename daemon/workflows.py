@@ -14,13 +14,17 @@ import asyncpg
 
 from actors.templates import camel_to_snake, referenced_fields
 from actors.workflow import StepSpec, WorkflowSpec, parse_workflow
+from daemon.scheduler import check_time_trigger
+from daemon.triggering import check_storable, check_text
 
 UPSERT_WORKFLOW = """
 INSERT INTO herald.workflows (tenant_id, source_id, name, trigger_type, definition)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (tenant_id, source_id) DO UPDATE
 SET name = EXCLUDED.name, trigger_type = EXCLUDED.trigger_type,
-    definition = EXCLUDED.definition, updated_at = now()
+    definition = EXCLUDED.definition, updated_at = now(),
+    -- saved again: the scheduler tries it afresh (see daemon/scheduler.py)
+    schedule_error = NULL, schedule_error_at = NULL
 RETURNING id
 """
 
@@ -43,9 +47,13 @@ async def import_workflow(conn: asyncpg.Connection, tenant_id: str, document: di
     """Validate and store ``document`` for a tenant; return the workflow's id.
 
     Importing the same document (same ``id``) again updates it in place.
-    Raises WorkflowValidationError naming the field at fault.
+    Raises WorkflowValidationError naming the field at fault, or HeraldConfigError
+    for text PostgreSQL cannot store (a NUL character, an unpaired surrogate).
     """
+    check_text(tenant_id, "the tenant")
+    check_storable(document, "the workflow")
     spec = parse_workflow(document)
+    await check_time_trigger(conn, spec.trigger)  # the tables it reads are watched, never Herald's own
     workflow_id = await conn.fetchval(
         UPSERT_WORKFLOW, tenant_id, spec.source_id, spec.name, spec.trigger.name, document
     )

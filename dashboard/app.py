@@ -1,9 +1,18 @@
-"""The dashboard: recent runs (page and JSON) and health, over aiohttp + aiohttp-jinja2."""
+"""The dashboard: recent runs (page and JSON) and health, over aiohttp + aiohttp-jinja2.
+
+It answers only to the host names it is reached by: its own address, the
+loopback names (127.0.0.1, localhost, ::1) on its own port, and
+HERALD_DASHBOARD_ALLOWED_HOSTS. Any other ``Host`` header is refused, so a
+web page the operator visits cannot read the dashboard by pointing a name of
+its own at 127.0.0.1 (DNS rebinding). Every response carries headers that
+keep browsers from framing it, sniffing types or running inline script.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +22,7 @@ import asyncpg
 import jinja2
 import redis.asyncio as aioredis
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from config.database import DATABASE_ERRORS, create_pool
 from config.errors import HeraldError
@@ -33,6 +42,20 @@ HEALTH_CHECKS = ("database", "redis", "daemon", "workers", "outbox", "queues", "
                  "stuck_steps")
 # /health answers within about this long even when a server hangs.
 HEALTH_TIMEOUT_S = 2.0
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# Addresses to listen on, not names anyone reaches the dashboard by.
+WILDCARD_ADDRESSES = ("", "0.0.0.0", "::", "*")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self';"
+                                " connect-src 'self'; object-src 'none'; base-uri 'none';"
+                                " form-action 'self'; frame-ancestors 'none'"),
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Server": "Herald",  # aiohttp's default names its own version and Python's
+}
 
 
 def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
@@ -162,6 +185,83 @@ async def health(request: web.Request) -> web.Response:
                              status=503 if failing else 200)
 
 
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``"name:port"``, ``"name"``, ``"[::1]:8080"`` -> (lower-case host, port or None);
+    None when it is no host[:port] at all."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port_text = rest[1:] if rest else None
+    else:
+        host, colon, port_text_ = value.partition(":")
+        port_text = port_text_ if colon else None
+        if ":" in port_text_:
+            return None
+    if not host:
+        return None
+    if port_text is None:
+        return host, None
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return host, int(port_text)
+
+
+def _own_ports(request: web.Request, settings: Settings) -> set[int]:
+    """The configured port and the one this request came in on (a test server's, or --port)."""
+    ports = {settings.dashboard_port}
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2 and isinstance(sockname[1], int):
+        ports.add(sockname[1])
+    return ports
+
+
+def host_allowed(request: web.Request, settings: Settings) -> bool:
+    """Whether the request's Host header names this dashboard (see the module's docstring)."""
+    values = request.headers.getall(hdrs.HOST, [])
+    if len(values) != 1:
+        return False
+    parsed = split_host(values[0])
+    if parsed is None:
+        return False
+    host, port = parsed
+    own = {name for name in (*LOOPBACK_NAMES, settings.dashboard_host.lower().strip("[]"))
+           if name not in WILDCARD_ADDRESSES}
+    if host in own and (80 if port is None else port) in _own_ports(request, settings):
+        return True
+    for entry in settings.dashboard_allowed_hosts:
+        allowed = split_host(entry)
+        if allowed is not None and allowed[0].rstrip(".") == host.rstrip(".") and (
+                allowed[1] is None or allowed[1] == port):
+            return True
+    return False
+
+
+def _control_characters(text: str) -> bool:
+    return any(unicodedata.category(char) in ("Cc", "Cs") or char in "\u2028\u2029" for char in text)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse requests for another host name, and query parameters PostgreSQL (or a log
+    line) should never see: NUL and other control characters."""
+    if not host_allowed(request, request.app[SETTINGS]):
+        log.warning("request for another host refused", path=request.path)
+        raise web.HTTPBadRequest(text="Herald: this host name is not served here"
+                                      " (see HERALD_DASHBOARD_ALLOWED_HOSTS)")
+    for name, value in request.query.items():
+        if _control_characters(name) or _control_characters(value):
+            shown = name if name.isascii() and name.isidentifier() and len(name) <= 32 else "a query parameter"
+            raise web.HTTPBadRequest(text=f"{shown} must not contain control characters")
+    return await handler(request)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response, errors and static files included."""
+    response.headers.update(SECURITY_HEADERS)
+
+
 @web.middleware
 async def error_pages(request: web.Request, handler: Any) -> web.StreamResponse:
     """Domain errors become a clear 500 page; details go to the log, never secrets."""
@@ -173,8 +273,9 @@ async def error_pages(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_pages])
+    app = web.Application(middlewares=[guard, error_pages])
     app[SETTINGS] = settings
+    app.on_response_prepare.append(_security_headers)
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),

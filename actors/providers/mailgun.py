@@ -7,6 +7,7 @@ import aiohttp
 
 from actors.providers.base import OutboundMessage, ProviderResult
 from actors.providers.http import HttpProvider, form_body, request
+from actors.recipients import validate_email, validate_header
 
 
 class MailgunProvider(HttpProvider):
@@ -14,9 +15,12 @@ class MailgunProvider(HttpProvider):
     idempotent = False  # the key is only recorded, for reconciliation by a person
 
     async def send(self, message: OutboundMessage) -> ProviderResult:
+        # Mailgun reads a list out of "to" and headers out of the fields: one address,
+        # one-line headers, refused (permanently, before any request) otherwise.
         form = {
-            "from": self.settings.email_from, "to": message.recipient,
-            "subject": message.subject or "", "text": message.body,
+            "from": validate_header("sender (HERALD_EMAIL_FROM)", self.settings.email_from),
+            "to": validate_email(message.recipient),
+            "subject": validate_header("subject", message.subject or ""), "text": message.body,
             "v:herald_idempotency_key": message.idempotency_key,
             "h:X-Herald-Idempotency-Key": message.idempotency_key,
         }

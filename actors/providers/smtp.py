@@ -17,6 +17,7 @@ from typing import Any
 import aiosmtplib
 
 from actors.providers.base import OutboundMessage, ProviderResult
+from actors.recipients import validate_email, validate_header
 from config.errors import DeliveryUnknownError, StepError
 from config.settings import Settings
 
@@ -35,16 +36,26 @@ class SmtpProvider:
         self.settings = settings
 
     def compose(self, message: OutboundMessage) -> EmailMessage:
+        """The message to send; a permanent StepError, before any connection, for a
+        recipient that is not exactly one address or a header that is not one line
+        (``email`` would raise outside the provider's error handling, leaving the
+        step *sending* though nothing was sent)."""
+        recipient = validate_email(message.recipient)
+        subject = validate_header("subject", message.subject or "")
         mail = EmailMessage()
-        mail["From"] = self.settings.email_from
-        mail["To"] = message.recipient
-        mail["Subject"] = message.subject or ""
-        mail["Date"] = formatdate(localtime=False)
-        mail["Message-ID"] = _message_id(message.idempotency_key, self.settings.email_from)
-        mail["X-Herald-Idempotency-Key"] = message.idempotency_key
-        mail.set_content(message.body)
-        if message.html_body:
-            mail.add_alternative(message.html_body, subtype="html")
+        try:
+            mail["From"] = validate_header("sender (HERALD_EMAIL_FROM)", self.settings.email_from)
+            mail["To"] = recipient
+            mail["Subject"] = subject
+            mail["Date"] = formatdate(localtime=False)
+            mail["Message-ID"] = _message_id(message.idempotency_key, self.settings.email_from)
+            mail["X-Herald-Idempotency-Key"] = validate_header("idempotency key", message.idempotency_key)
+            mail.set_content(message.body)
+            if message.html_body:
+                mail.add_alternative(message.html_body, subtype="html")
+        except (ValueError, TypeError, IndexError) as exc:
+            # Whatever else the email package cannot make a message of: nothing was sent.
+            raise StepError(f"the email could not be composed: {exc}") from None
         return mail
 
     async def send(self, message: OutboundMessage) -> ProviderResult:

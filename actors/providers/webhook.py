@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from actors.lazy import PerProcess
-from actors.netguard import check_url, resolver_kwargs
+from actors.netguard import resolver_kwargs, vet_url
 from actors.providers.base import ProviderResult
 from actors.providers.http import TrackedBody, request
 from config.settings import Settings
@@ -56,7 +56,10 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 async def deliver_webhook(
     url: str, payload: dict[str, Any], *, settings: Settings, idempotency_key: str
 ) -> ProviderResult:
-    host = check_url(url, settings)
+    # Vetted as the client will use it (yarl's normalised form), and that form is what is sent:
+    # an IP literal connects without any resolver, so the check here is the only one it gets.
+    target = vet_url(url, settings)
+    host = target.raw_host
     body = json.dumps(payload, default=str, sort_keys=True).encode()
     # The same key on every attempt of one step, so a receiver can drop a repeat.
     headers = {"User-Agent": "Herald", "Idempotency-Key": idempotency_key, "webhook-id": idempotency_key,
@@ -64,7 +67,7 @@ async def deliver_webhook(
     if settings.webhook_signing_secret:
         headers["X-Herald-Signature"] = signature(settings.webhook_signing_secret, int(time.time()), body)
     status, answer = await request(
-        await _webhook_session(settings), "POST", url, provider=f"webhook {host}", settings=settings,
+        await _webhook_session(settings), "POST", str(target), provider=f"webhook {host}", settings=settings,
         body=TrackedBody(body, "application/json"), headers=headers, allow_redirects=False,
     )
     return ProviderResult("sent", None, {"status": status, "answer": answer if isinstance(answer, dict) else None})

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from config.errors import HeraldConfigError
 from config.settings import Settings
 from daemon.demo import load_demo
 from dashboard.app import create_app
@@ -89,3 +91,103 @@ async def test_stats_count_outcomes_and_retries(client: TestClient, conn: asyncp
     assert stats["share_completed_after_retry"] == 0.5 and stats["attempts"] == 2
     tenant_two = await (await client.get("/api/stats", params={"tenant": "2"})).json()
     assert (tenant_two["runs"], tenant_two["failed"]) == (1, 1)
+
+
+# -- who may ask, and what every answer carries --------------------------------
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def assert_hardened(response: Any) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers.get(name) == value, (name, response.headers.get(name))
+    policy = {directive.split()[0]: directive.split()[1:]
+              for directive in response.headers["Content-Security-Policy"].split(";") if directive.strip()}
+    assert policy["default-src"] == ["'self'"] and policy["frame-ancestors"] == ["'none'"]
+    assert not any("'unsafe-inline'" in sources or "'unsafe-eval'" in sources for sources in policy.values())
+    server = response.headers.get("Server", "")
+    assert "Python" not in server and "aiohttp" not in server and not any(ch.isdigit() for ch in server)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST:{port}", "[::1]:{port}"])
+async def test_loopback_names_on_the_dashboards_port_are_served(client: TestClient, host: str) -> None:
+    response = await client.get("/api/runs", headers={"Host": host.format(port=client.port)})
+    assert response.status == 200
+    assert_hardened(response)
+
+
+@pytest.mark.parametrize("host", [
+    "evil.example", "evil.example:{port}", "127.0.0.1.evil.example:{port}", "localhost.evil.example:{port}",
+    "localhost:{other}", "127.0.0.1:{other}", "0.0.0.0:{port}", "localhost.:{port}", "::1", "[::1", "",
+    "localhost:{port}:1", "localhost:abc",
+])
+async def test_any_other_host_header_is_refused(client: TestClient, conn: asyncpg.Connection, host: str) -> None:
+    """DNS rebinding: a page on evil.example whose name now points at 127.0.0.1 sends
+    ``Host: evil.example``; it must learn nothing, from any page."""
+    await load_demo(conn)
+    await record_run(conn, 1)
+    header = host.format(port=client.port, other=client.port + 1)
+    for path in ("/", "/api/runs", "/api/stats", "/runs/table", "/health", "/static/runs.js", "/nope"):
+        response = await client.get(path, headers={"Host": header})
+        text = await response.text()
+        assert response.status == 400, (path, response.status)
+        assert "maria" not in text and "Job Completed" not in text and len(text) < 200
+        assert "\n" not in text.strip() and "Traceback" not in text
+        assert_hardened(response)
+
+
+async def test_configured_host_names_are_served(settings: Settings, aiohttp_client: Any) -> None:
+    configured = settings.replace(dashboard_host="0.0.0.0", dashboard_allowed_hosts=(
+        "herald.example.com", "ops.example.com:8443", "[fd00::5]"))
+    client = await aiohttp_client(create_app(configured))
+    for host, status in [("herald.example.com", 200), ("Herald.Example.com:443", 200), ("ops.example.com:8443", 200),
+                         ("ops.example.com", 400), ("ops.example.com:9999", 400), ("[fd00::5]:80", 200),
+                         ("0.0.0.0:{port}", 400), ("evil.example.com", 400), ("127.0.0.1:{port}", 200)]:
+        response = await client.get("/api/runs", headers={"Host": host.format(port=client.port)})
+        assert response.status == status, host
+
+
+def test_allowed_hosts_come_from_the_environment() -> None:
+    settings = Settings.from_env({"HERALD_DASHBOARD_ALLOWED_HOSTS": " Herald.example.com ,10.0.0.5:8080,[::1] "})
+    assert settings.dashboard_allowed_hosts == ("herald.example.com", "10.0.0.5:8080", "[::1]")
+    assert Settings.from_env({}).dashboard_allowed_hosts == ()
+    for bad in ("http://herald.example.com/", "herald example.com", "herald.example.com:port", ","):
+        with pytest.raises(HeraldConfigError, match="HERALD_DASHBOARD_ALLOWED_HOSTS must be a comma-separated"):
+            Settings.from_env({"HERALD_DASHBOARD_ALLOWED_HOSTS": bad})
+
+
+async def test_every_response_is_hardened_and_the_page_runs_no_inline_script(
+    client: TestClient, conn: asyncpg.Connection
+) -> None:
+    await load_demo(conn)
+    await record_run(conn, 1)
+    page = await client.get("/")
+    html = await page.text()
+    assert page.status == 200
+    # The CSP allows scripts from the dashboard's own files only: every <script> must load one.
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, flags=re.DOTALL | re.IGNORECASE)
+    assert scripts and all('src="/static/' in attributes and not body.strip() for attributes, body in scripts)
+    assert not re.search(r"\son[a-z]+\s*=", html, flags=re.IGNORECASE)  # no inline event handlers
+    assert not re.search(r"\sstyle\s*=", html, flags=re.IGNORECASE)  # no inline styles either
+    for path in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
+        asset = await client.get(path)
+        assert asset.status == 200, path
+        assert_hardened(asset)
+    for path in ("/", "/runs/table", "/api/runs", "/api/stats", "/health", "/nope", "/api/runs?limit=x"):
+        assert_hardened(await client.get(path))
+
+
+@pytest.mark.parametrize("query", [
+    "tenant=%00", "tenant=1%00", "tenant=%0a", "tenant=a%0d%0ab", "tenant=%1b[31m", "tenant=%e2%80%a8",
+    "%00=1", "status=%00", "limit=%00",
+])
+async def test_control_characters_in_the_query_are_a_clear_400(client: TestClient, query: str) -> None:
+    for path in ("/api/runs", "/api/stats", "/", "/runs/table"):
+        response = await client.get(f"{path}?{query}")
+        text = await response.text()
+        assert response.status == 400, (path, query, response.status)
+        assert len(text) < 200 and "Traceback" not in text and "\n" not in text.strip()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
+import socket
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -45,6 +49,39 @@ EMAIL = OutboundMessage("email", "maria@example.com", "Dear Maria", "wf:1:step-1
 async def _close_webhook_sessions() -> AsyncIterator[None]:
     yield
     await close_sessions()
+
+
+@pytest.fixture
+async def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A safety net for tests of refused destinations: should the code under test
+    fail to refuse one, the event loop still never connects to, or looks up, anything
+    but loopback. Returns what was attempted and stopped."""
+    loop = asyncio.get_running_loop()
+    stopped: list[str] = []
+    sock_connect, getaddrinfo = loop.sock_connect, loop.getaddrinfo
+
+    def loopback(host: str) -> bool:
+        try:
+            return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:
+            return host == "localhost"
+
+    async def guarded_connect(sock: socket.socket, address: Any) -> None:
+        if not loopback(str(address[0])):
+            stopped.append(f"connect {address[0]}")
+            raise OSError(f"test guard: no connection to {address[0]}")
+        await sock_connect(sock, address)
+
+    async def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if not loopback(name):
+            stopped.append(f"lookup {name}")
+            raise socket.gaierror(socket.EAI_NONAME, f"test guard: no lookup of {name}")
+        return await getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "sock_connect", guarded_connect)
+    monkeypatch.setattr(loop, "getaddrinfo", guarded_getaddrinfo)
+    return stopped
 
 
 @pytest.fixture
@@ -176,26 +213,83 @@ async def test_webhook_is_signed_and_verifiable(server: FakeHTTPServer) -> None:
     assert sent.json() == {"job": {"id": 1}} and sent.headers["X-Herald-Idempotency-Key"] == "k1"
 
 
+# Every spelling of a refused address: {port} is a live local server's, which must get nothing.
 @pytest.mark.parametrize(
     ("url", "extra", "words"),
     [
-        ("http://127.0.0.1:9/hook", {}, "loopback address"),
+        ("http://127.0.0.1:{port}/hook", {}, "loopback address"),
         ("http://169.254.169.254/latest/meta-data", {}, "link-local address"),
         ("http://10.1.2.3/hook", {}, "private address"),
-        ("http://localhost:9/hook", {}, "resolves to a loopback address"),
+        ("http://localhost:{port}/hook", {}, "resolves to a loopback address"),
         ("ftp://example.com/hook", {}, "only http and https"),
         ("https://evil.example.net/hook", {"HERALD_WEBHOOK_ALLOWLIST": "*.acme.example,hooks.partner.example"},
          "not in HERALD_WEBHOOK_ALLOWLIST"),
+        # Unicode spellings that yarl (and so aiohttp) normalises to the address itself.
+        ("http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}/hook", {}, "loopback address"),  # fullwidth
+        ("http://\u2460\u2461\u2466.\u24ea.\u24ea.\u2460:{port}/hook", {}, "loopback address"),  # circled
+        ("http://127\u30020\u30020\u30021:{port}/hook", {}, "loopback address"),  # ideographic full stops
+        ("http://127\uff0e0\uff0e0\uff0e1:{port}/hook", {}, "loopback address"),  # fullwidth full stops
+        ("http://\uff11\uff16\uff19.\uff12\uff15\uff14.\uff11\uff16\uff19.\uff12\uff15\uff14/latest",
+         {}, "link-local address"),
+        ("http://169\u3002254\u3002169\u3002254/latest", {}, "link-local address"),
+        ("http://\u2460\u2465\u2468.\u2461\u2464\u2463.\u2460\u2465\u2468.\u2461\u2464\u2463/latest",
+         {}, "link-local address"),
+        ("http://\uff11\uff10.\uff11.\uff12.\uff13/hook", {}, "private address"),
+        ("http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:{port}/hook", {},
+         "resolves to a loopback address"),  # fullwidth "localhost"
+        # IPv6 forms, IPv4 embedded in IPv6.
+        ("http://[::1]:{port}/hook", {}, "loopback address"),
+        ("http://[0:0:0:0:0:0:0:1]:{port}/hook", {}, "loopback address"),
+        ("http://[::ffff:127.0.0.1]:{port}/hook", {}, "loopback address"),
+        ("http://[::ffff:7f00:1]:{port}/hook", {}, "loopback address"),
+        ("http://[::ffff:169.254.169.254]/latest", {}, "link-local address"),
+        ("http://[64:ff9b::7f00:1]:{port}/hook", {}, "loopback address"),  # NAT64
+        ("http://[2002:7f00:1::]:{port}/hook", {}, "loopback address"),  # 6to4
+        ("http://[fe80::1%25lo]:{port}/hook", {}, "link-local address"),
+        ("http://[fd00::1]/hook", {}, "private address"),
+        ("http://[::]:{port}/hook", {}, "unspecified address"),
+        # Legacy IPv4 forms: decimal, octal, hex, short.
+        ("http://2130706433:{port}/hook", {}, "loopback address"),
+        ("http://0x7f.1:{port}/hook", {}, "loopback address"),
+        ("http://0x7f000001:{port}/hook", {}, "loopback address"),
+        ("http://0177.0.0.1:{port}/hook", {}, "loopback address"),
+        ("http://127.1:{port}/hook", {}, "loopback address"),
+        ("http://0:{port}/hook", {}, "unspecified address"),
+        ("http://2852039166/latest", {}, "link-local address"),  # 169.254.169.254
+        # Allowed privately, a legacy form is still refused rather than retried in vain.
+        ("http://2130706433:{port}/hook", {"HERALD_WEBHOOK_ALLOW_PRIVATE": "true"}, "write the address as 127.0.0.1"),
+        # Hosts that are no host names.
+        ("http://exa mple.com/hook", {}, "not a valid host name"),
+        ("http://ex%41mple.com/hook", {}, "not a valid host name"),
+        ("http://ex\u200bample.com/hook", {}, "not a valid URL"),
+        ("http://[::1/hook", {}, "not a valid URL"),
+        # The allowlist judges the normalised host too.
+        ("http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}/hook",
+         {"HERALD_WEBHOOK_ALLOWLIST": "*.acme.example"}, "not in HERALD_WEBHOOK_ALLOWLIST"),
     ],
 )
-async def test_webhook_destinations_are_checked(url: str, extra: dict[str, str], words: str) -> None:
+async def test_webhook_destinations_are_checked(
+    server: FakeHTTPServer, loopback_only: list[str], url: str, extra: dict[str, str], words: str
+) -> None:
+    target = url.replace("{port}", str(server.port))
     with pytest.raises(StepError) as caught:
-        await deliver_webhook(url, {}, settings=settings_for("http://unused", **extra), idempotency_key="k")
+        await deliver_webhook(target, {}, settings=settings_for("http://unused", **extra), idempotency_key="k")
     assert caught.value.permanent and words in str(caught.value)
     assert SECRET not in str(caught.value)
+    assert server.requests == [] and loopback_only == []
 
 
-@pytest.mark.parametrize(("raw", "ok"), [("maria@example.com", True), ("maria@", False), ("a b@c.d", False)])
+async def test_webhook_to_an_allowed_private_address_goes_to_the_normalised_host(server: FakeHTTPServer) -> None:
+    """With private addresses allowed, a Unicode spelling reaches the address it normalises to."""
+    settings = settings_for("http://unused", HERALD_WEBHOOK_ALLOW_PRIVATE="true")
+    url = f"http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{server.port}/hooks/jobs"
+    await deliver_webhook(url, {"job": 1}, settings=settings, idempotency_key="k2")
+    [sent] = server.on("/hooks/jobs")
+    assert sent.json() == {"job": 1}
+
+
+@pytest.mark.parametrize(("raw", "ok"), [("maria@example.com", True), ("maria@", False), ("a b@c.d", False),
+                                         ("victim@example.com,all-staff", False)])
 def test_email_addresses_are_checked(raw: str, ok: bool) -> None:
     if ok:
         assert validate_email(raw) == raw
@@ -212,3 +306,39 @@ def test_phone_numbers_are_checked(raw: str, normal: str | None) -> None:
     else:
         with pytest.raises(StepError, match="invalid phone number"):
             validate_phone(raw)
+
+
+@pytest.mark.parametrize("recipient", ["victim@example.com,all-staff", "victim@example.com;boss@example.com",
+                                       "Victim <victim@example.com>", "victim@example.com all-staff@example.com",
+                                       "victim@example.com\r\nBcc: all-staff@example.com"])
+async def test_smtp_sends_to_one_address_or_none(recipient: str) -> None:
+    with FakeSMTPServer() as smtp:
+        settings = settings_for("http://unused", HERALD_SMTP_HOST="127.0.0.1", HERALD_SMTP_PORT=str(smtp.port))
+        with pytest.raises(StepError, match="invalid email address") as caught:
+            await SmtpProvider(settings).send(replace(EMAIL, recipient=recipient))
+    assert caught.value.permanent
+    assert smtp.messages == []  # nothing went out, to anyone
+
+
+@pytest.mark.parametrize("subject", ["Done\r\nBcc: all-staff@example.com", "Done\nX-Evil: 1", "Done\r", "Done\x00"])
+async def test_smtp_refuses_a_subject_that_is_not_one_line_before_sending(subject: str) -> None:
+    with FakeSMTPServer() as smtp:
+        settings = settings_for("http://unused", HERALD_SMTP_HOST="127.0.0.1", HERALD_SMTP_PORT=str(smtp.port))
+        with pytest.raises(StepError, match="subject contains a") as caught:
+            await SmtpProvider(settings).send(replace(EMAIL, subject=subject))
+    # A permanent StepError is what the step records as failed with its reason (not left *sending*).
+    assert type(caught.value) is StepError and caught.value.permanent
+    assert smtp.messages == []
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"subject": "Done\r\nBcc: all-staff@example.com"}, "subject contains a line break"),
+    ({"recipient": "victim@example.com,all-staff@example.com"}, "invalid email address"),
+])
+async def test_mailgun_refuses_header_injection_before_sending(
+    server: FakeHTTPServer, session: Any, change: dict[str, str], words: str,
+) -> None:
+    with pytest.raises(StepError, match=words) as caught:
+        await MailgunProvider(settings_for(server.url), session).send(replace(EMAIL, **change))
+    assert type(caught.value) is StepError and caught.value.permanent
+    assert server.requests == []
