@@ -206,6 +206,16 @@ async def test_a_bad_week_loses_nothing_and_sends_nothing_twice(
             unmatched = await pool.fetchval("SELECT count(*) FROM herald.events WHERE state <> 'matched'")
             print(f"\nunfinished runs: {[dict(r) for r in unfinished][:5]} strays: {strays[:5]}"
                   f" unmatched events: {unmatched}")
+            missing_titles = [title for title in titles if title not in per_job][:3]
+            for title in missing_titles:  # where the work of a job that got no SMS stopped
+                trail = await pool.fetch(
+                    "SELECT j.status AS job, e.id AS event, e.state, e.type, e.dispatch_count,"
+                    " e.match_report::text AS report, r.id AS run, r.status AS run_status,"
+                    " s.status AS step, s.attempts, s.error, m.status AS message"
+                    " FROM jobs j LEFT JOIN herald.events e ON e.row_id = j.id::text AND e.table_name = 'public.jobs'"
+                    " LEFT JOIN herald.runs r ON r.event_id = e.id LEFT JOIN herald.steps s ON s.run_id = r.id"
+                    " LEFT JOIN herald.messages m ON m.step_id = s.id WHERE j.title = $1", title)
+                print(f"missing {title}: {[dict(r) for r in trail]}")
             print(f"\nbad week: events={EVENTS} delivered={len(provider.delivered)} duplicates={duplicates}"
                   f" missing={missing} parked={parked} requests={provider.requests}"
                   f" faults={dict(provider.faults)} replays={provider.replays} restarts={dict(systemd.restarts)}")
