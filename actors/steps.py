@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import os
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -123,25 +124,36 @@ DELIVERY_SLOTS = 32
 
 class Slots:
     """A per-process count of free delivery slots, taken several at a time so
-    that a batch of steps is claimed in one query when the slots are there."""
+    that a batch of steps is claimed in one query when the slots are there.
+
+    Used from the one event loop of a worker process; giving a slot back is
+    synchronous, so a step cancelled mid-way (the actor's time limit) still
+    returns its slot.
+    """
 
     def __init__(self, size: int) -> None:
         self.free = size
-        self._changed = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def take(self, most: int) -> int:
         """Wait for a free slot; take up to ``most`` of the free ones."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.free > 0)
-            taken = min(most, self.free)
-            self.free -= taken
-            return taken
+        while self.free <= 0:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        taken = min(most, self.free)
+        self.free -= taken
+        return taken
 
-    async def give(self, count: int = 1) -> None:
-        if count:
-            async with self._changed:
-                self.free += count
-                self._changed.notify(count)
+    def give(self, count: int = 1) -> None:
+        self.free += count
+        for waiter in list(self._waiters)[:max(self.free, 0)]:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 _slots: dict[int, Slots] = {}
@@ -176,7 +188,7 @@ async def run_steps(step_ids: list[int], actor_name: str) -> None:
         try:
             return await _run(pool, step)
         finally:
-            await slots.give()
+            slots.give()
 
     try:
         while waiting and time.monotonic() <= deadline:
@@ -185,9 +197,9 @@ async def run_steps(step_ids: list[int], actor_name: str) -> None:
             try:
                 claimed = await pool.fetch(CLAIM_STEPS, batch, names, worker_instance())
             except BaseException:
-                await slots.give(taken)
+                slots.give(taken)
                 raise
-            await slots.give(taken - len(claimed))  # done already, or someone else's
+            slots.give(taken - len(claimed))  # done already, or someone else's
             running += [asyncio.create_task(one(step)) for step in claimed]
     finally:
         results = await asyncio.gather(*running, return_exceptions=True)
