@@ -9,13 +9,18 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from config.database import connection
+from config.embedded_layout import EmbeddedLayout
 from config.settings import Settings
+from daemon.demo import load_demo
+from tests.conftest import fresh_database
+from tests.fakes import FakeSMTPServer
 
 
 def free_port() -> int:
@@ -99,3 +104,19 @@ def processes(herald_env: dict[str, str], tmp_path: Path) -> Iterator[Processes]
         yield started
     finally:
         started.stop_all()
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[FakeSMTPServer]:
+    """An SMTP server that records what it got, for a module's Herald."""
+    with FakeSMTPServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def db(template_database: str, layout: EmbeddedLayout) -> AsyncIterator[str]:
+    """A database with the demo app, for a module (modules that need more define their own)."""
+    async with fresh_database(layout) as url:
+        async with connection(url) as conn:
+            await load_demo(conn)
+        yield url

@@ -16,10 +16,9 @@ import pytest
 
 from config.database import connection
 from config.embedded_layout import EmbeddedLayout
-from daemon.demo import load_demo
 from daemon.tenants import set_rate_limit
 from daemon.workflows import import_workflow
-from tests.conftest import fresh_database, wait_until
+from tests.conftest import wait_until
 from tests.e2e.conftest import Processes, running_herald
 from tests.fakes import Answer, FakeHTTPServer, FakeSMTPServer
 
@@ -31,20 +30,6 @@ _tenants = itertools.count(300)
 async def http() -> AsyncIterator[FakeHTTPServer]:
     async with FakeHTTPServer() as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[FakeSMTPServer]:
-    with FakeSMTPServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-async def db(template_database: str, layout: EmbeddedLayout) -> AsyncIterator[str]:
-    async with fresh_database(layout) as url:
-        async with connection(url) as conn:
-            await load_demo(conn)
-        yield url
 
 
 @pytest.fixture(scope="module")

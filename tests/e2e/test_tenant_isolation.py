@@ -22,11 +22,10 @@ from aiohttp.test_utils import TestClient
 from config.database import connection, create_pool
 from config.embedded_layout import EmbeddedLayout
 from config.settings import Settings
-from daemon.demo import load_demo
 from daemon.workflows import import_workflow
 from dashboard import queries
 from dashboard.app import create_app
-from tests.conftest import fresh_database, wait_until
+from tests.conftest import wait_until
 from tests.e2e.conftest import Processes, running_herald
 from tests.fakes import Answer, FakeHTTPServer, FakeSMTPServer
 
@@ -44,20 +43,6 @@ async def http() -> AsyncIterator[FakeHTTPServer]:
     async with FakeHTTPServer() as server:
         server.answer("/v2/messages", Answer(200, {"data": {"id": "sms-1"}}))
         yield server
-
-
-@pytest.fixture(scope="module")
-def smtp() -> Iterator[FakeSMTPServer]:
-    with FakeSMTPServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-async def db(template_database: str, layout: EmbeddedLayout) -> AsyncIterator[str]:
-    async with fresh_database(layout) as url:
-        async with connection(url) as conn:
-            await load_demo(conn)
-        yield url
 
 
 @pytest.fixture(scope="module")
