@@ -42,7 +42,7 @@ from actors.limits import (
     WORKFLOW_MAX_CONDITIONS,
     WORKFLOW_MAX_PATTERNS,
 )
-from actors.naming import camel_to_snake
+from actors.naming import AmbiguousName, column_for
 from config.errors import WorkflowValidationError
 
 _MISSING = object()
@@ -52,12 +52,15 @@ def resolve_path(context: dict[str, Any], path: str) -> Any:
     """Follow a dot path through nested mappings; ``_MISSING`` when absent."""
     value: Any = context
     for part in path.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, dict) and camel_to_snake(part) in value:
-            value = value[camel_to_snake(part)]
-        else:
+        if not isinstance(value, dict):
             return _MISSING
+        try:
+            name = column_for(part, value.keys())
+        except AmbiguousName:
+            return _MISSING
+        if name is None:
+            return _MISSING
+        value = value[name]
     return value
 
 

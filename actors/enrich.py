@@ -34,6 +34,9 @@ from actors.workflow import StepSpec, event_context, parse_workflow
 
 log = structlog.get_logger(__name__)
 
+# What a related table that changed under Herald raises when read.
+_SCHEMA_CHANGED = (asyncpg.UndefinedColumnError, asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError)
+
 # Only parses (finds the variables a template names); rendering is actors.templates'.
 _PARSER = jinja2.Environment()
 
@@ -132,31 +135,47 @@ async def _build_contexts(conn: asyncpg.Connection, runs: list[Any]) -> dict[int
     owners = await store.related_tenant_columns(conn, pairs) if pairs else {}
 
     loaded: dict[tuple[tuple[str, str, str], str | None], dict[str, tuple[dict[str, Any], str | None]]] = {}
+    unreadable: dict[tuple[str, str, str], str] = {}
     for target, keys in wanted.items():
         for column in sorted({owner for (table, _), owner in owners.items() if table == target[0]},
                              key=lambda c: c or ""):
-            loaded[(target, column)] = await store.load_related(
-                conn, {"table": target[0], "key": target[1], "key_type": target[2]}, sorted(keys), column)
+            try:
+                async with conn.transaction():  # a savepoint: the other runs' work goes on
+                    loaded[(target, column)] = await store.load_related(
+                        conn, {"table": target[0], "key": target[1], "key_type": target[2]}, sorted(keys), column)
+            except _SCHEMA_CHANGED as exc:
+                # The related table changed under Herald (a column renamed or dropped,
+                # a right revoked): the runs that need it fail and say so.
+                unreadable[target] = f"{target[0]} cannot be read by {target[1]}: {exc}"
+                log.error("related table unreadable", table=target[0], key=target[1], error=str(exc))
     for run in runs:
         built = contexts[run["id"]]
         context = built.context
+        row = context[run["entity"]]
         for name, relation in relations_of(run).items():
-            value = context[run["entity"]].get(relation["column"])
+            value = row.get(relation["column"])
             context[name] = None
+            if relation["column"] not in row and row:
+                built.refused[name] = (f"{run['table_name']} has no column {relation['column']!r} any more;"
+                                       " run `herald watch` for it again")
+                continue
+            if _target(relation) in unreadable:
+                built.refused[name] = unreadable[_target(relation)]
+                continue
             if value is None:
                 continue
             owner_column = owners[(relation["table"], tenant_column_of(run))]
             found = loaded.get((_target(relation), owner_column), {}).get(str(value))
             if found is None:
                 continue
-            row, tenant = found
+            related, tenant = found
             if owner_column is not None and tenant != run["event_tenant"]:
                 key = str(value) if len(str(value)) <= 64 else f"{str(value)[:64]}…"
                 built.refused[name] = f"{name} {key} belongs to another tenant"
                 log.warning("related row of another tenant not loaded", run_id=run["id"], relation=name,
                             table=relation["table"], key=str(value), tenant_id=run["event_tenant"])
                 continue
-            context[name] = row
+            context[name] = related
     return contexts
 
 

@@ -147,8 +147,9 @@ async def _match_batch(
             report.append({"workflow_id": str(workflow.id), "workflow": workflow.name,
                            "matched": matched, "reason": reason})
             if matched and isinstance(workflow.spec, WorkflowSpec):
+                trigger = workflow.spec.trigger.for_entity(event["entity"])  # its field keys the change
                 candidates.append(Candidate(event, workflow.id, workflow.spec, reason,
-                                            *dedupe.keys(workflow.spec.trigger, dict(event))))
+                                            *dedupe.keys(trigger, dict(event))))
         await conn.execute(store.MARK_MATCHED, event["id"], {"workflows": report})
 
     created = await _create_runs(conn, candidates)

@@ -55,7 +55,7 @@ RETURNING s.id, s.run_id, s.tenant_id, s.position, s.step_key, s.action, s.confi
           s.wake_at, r.context, r.workflow_id, r.event_id, w.definition -> 'retry' AS retry,
           w.definition -> 'rate_limit' AS rate_limit, ts.rate_limit AS tenant_rate_limit,
           e.table_name, e.row_id, e.entity, wt.id_column, wt.tenant_column, wt.action_targets,
-          wt.updatable_columns
+          wt.updatable_columns, wt.fills
 """
 
 STEP_DONE = """

@@ -52,12 +52,14 @@ from actors.limits import (
     TEMPLATE_MAX_VALUE,
     TEMPLATE_TIME_LIMIT_S,
 )
+from actors.naming import AmbiguousName, column_for
 from actors.naming import camel_to_snake as camel_to_snake
 from config.errors import TemplateRenderError
 
 
 class Record(dict[str, Any]):
-    """A row as a template sees it: ``firstName`` finds a ``first_name`` column.
+    """A row as a template sees it: ``firstName`` finds a ``first_name`` column,
+    and ``first_name`` a ``firstName`` one.
 
     ``path`` is where it sits in the context (``client``), so an error can name
     the whole variable (``client.lastName``).
@@ -66,16 +68,22 @@ class Record(dict[str, Any]):
     path = ""
 
     def __missing__(self, key: str) -> Any:
-        if isinstance(key, str):
-            snake = camel_to_snake(key)
-            if snake != key and dict.__contains__(self, snake):
-                return self[snake]
-        raise KeyError(key)
+        name = self._column(key)
+        if name is None:
+            raise KeyError(key)
+        return dict.__getitem__(self, name)
 
     def __contains__(self, key: object) -> bool:
-        if dict.__contains__(self, key):
-            return True
-        return isinstance(key, str) and dict.__contains__(self, camel_to_snake(key))
+        return dict.__contains__(self, key) or self._column(key) is not None
+
+    def _column(self, key: object) -> str | None:
+        """The key ``key`` names in another spelling (None when none, or several, fit)."""
+        if not isinstance(key, str):
+            return None
+        try:
+            return column_for(key, self.keys())
+        except AmbiguousName:
+            return None
 
 
 def as_records(value: Any, path: str = "") -> Any:

@@ -57,13 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("table")
     watch.add_argument("--tenant-column", help="the column holding the tenant (organization) id")
     watch.add_argument("--entity", help="event entity name (default: the table name, singular)")
-    watch.add_argument("--id-column", default="id")
-    watch.add_argument("--relation", action="append", default=[], metavar="NAME=TABLE:COLUMN",
+    watch.add_argument("--id-column", help="the column identifying a row (default: the primary key)")
+    watch.add_argument("--relation", action="append", default=[], metavar="NAME=TABLE:COLUMN[:KEY]",
                        help="a related row templates can use, e.g. client=clients:client_id")
     watch.add_argument("--tasks-table", help="where create_task writes for this table's events")
     watch.add_argument("--notes-table", help="where create_note writes for this table's events")
     watch.add_argument("--updatable", default="", metavar="COL,COL",
                        help="columns update_record may change")
+    watch.add_argument("--fill", action="append", default=[], metavar="COLUMN=KIND",
+                       help="what Herald fills in the rows it writes when a workflow does not:"
+                            " now, uuid, cuid or none (repeatable)")
+    unwatch = sub.add_parser("unwatch", help="stop capturing a table's changes")
+    _common(unwatch)
+    unwatch.add_argument("table")
 
     workflows = sub.add_parser("workflows", help="validate, import or export workflow definitions")
     workflows_sub = workflows.add_subparsers(dest="workflows_command", required=True, metavar="ACTION")
@@ -259,23 +265,47 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
     from config.database import connection
-    from daemon.capture import Relation, watch_table
+    from daemon.capture import Relation, Watched, parse_fills, watch_table
     from daemon.embedded import servers_for
 
     relations = tuple(Relation.parse(spec) for spec in args.relation)
+    fills = parse_fills(args.fill)
 
-    async def run() -> str:
+    async def run() -> Watched:
         await _migrate(settings)
         async with connection(settings.database_url) as conn:
             return await watch_table(conn, args.table, tenant_column=args.tenant_column,
                                      entity=args.entity, id_column=args.id_column,
                                      relations=relations, tasks_table=args.tasks_table,
                                      notes_table=args.notes_table,
-                                     updatable=tuple(c for c in args.updatable.split(",") if c))
+                                     updatable=tuple(c for c in args.updatable.split(",") if c),
+                                     fills=fills)
 
     with servers_for(settings, redis=False):
-        qualified = asyncio.run(run())
-    print(f"watching {qualified}: its inserts, updates and deletes are now Herald events")
+        watched = asyncio.run(run())
+    print(f"watching {watched.table} as entity {watched.entity} (rows identified by {watched.id_column}):"
+          " its inserts, updates and deletes are now Herald events")
+    for warning in watched.warnings:
+        print(f"herald: warning: {one_line(warning)}", file=sys.stderr)
+    return 0
+
+
+def cmd_unwatch(settings: Settings, args: argparse.Namespace) -> int:
+    from config.database import connection
+    from daemon.capture import unwatch_table
+    from daemon.embedded import servers_for
+
+    async def run() -> tuple[str, int]:
+        await _migrate(settings)
+        async with connection(settings.database_url) as conn:
+            return await unwatch_table(conn, args.table)
+
+    with servers_for(settings, redis=False):
+        table, workflows = asyncio.run(run())
+    print(f"no longer watching {table}: its triggers are removed; its events so far are kept")
+    if workflows:
+        print(f"herald: warning: {workflows} active workflow(s) trigger on its entity and will not run"
+              " until it is watched again", file=sys.stderr)
     return 0
 
 
@@ -381,7 +411,9 @@ def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     if args.workflows_command == "validate":
         for path, _, spec in documents:
-            print(f"{path}: valid ({spec.name}: {spec.trigger.name}, {len(spec.steps)} steps)")
+            # What the trigger was read as: without the database, an ambiguous name lists its readings.
+            print(f"{path}: valid ({spec.name}: {spec.trigger.name} -> {spec.trigger.describe()};"
+                  f" {len(spec.steps)} steps)")
         return 0
     return _import_workflows(settings, args, documents)
 
@@ -389,15 +421,15 @@ def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
 def _import_workflows(settings: Settings, args: argparse.Namespace, documents: list[tuple[str, Any, Any]]) -> int:
     from config.database import connection
     from daemon.embedded import servers_for
-    from daemon.workflows import import_workflow, template_warnings
+    from daemon.workflows import save_workflow
 
     async def run() -> None:
         await _migrate(settings)
         async with connection(settings.database_url) as conn:
-            for path, document, spec in documents:
-                workflow_id = await import_workflow(conn, args.tenant, document)
-                print(f"{path}: imported as {workflow_id} for tenant {args.tenant}")
-                for warning in await template_warnings(conn, spec):
+            for path, document, _ in documents:
+                saved = await save_workflow(conn, args.tenant, document)
+                print(f"{path}: imported as {saved.workflow_id} for tenant {args.tenant}")
+                for warning in saved.warnings:
                     print(f"{path}: warning: {warning}", file=sys.stderr)
 
     with servers_for(settings, redis=False):
@@ -570,6 +602,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "migrate": cmd_migrate,
     "demo": cmd_demo,
     "watch": cmd_watch,
+    "unwatch": cmd_unwatch,
     "psql": cmd_psql,
     "daemon": cmd_daemon,
     "worker": cmd_worker,

@@ -1,60 +1,97 @@
-"""`herald watch`: install the capture trigger on a business table.
+"""`herald watch` / `herald unwatch`: capture a business table's changes.
 
 The trigger writes each INSERT, UPDATE (that changes something) and DELETE to
 herald.events in the same transaction as the change, and NOTIFYs the event id.
+It runs with Herald's rights (config/migrations/010_existing_databases.sql), so
+the application's own roles keep writing their tables as before.
+
+Tables are named as PostgreSQL does (``jobs``, ``crm.work_orders``,
+``'"Appointment"'``); an unquoted name that only exists in another case
+(``Appointment``) is taken when exactly one table has it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import re
+from dataclasses import dataclass, field
 import asyncpg
 
-from config.database import quote_qualified
-from config.errors import HeraldConfigError
+from actors.naming import camel_to_snake
+from actors.tables import FILL_KINDS, TableShape, table_shape
+from config.database import quote_ident, quote_qualified
+from config.errors import HeraldConfigError, StepError
+from daemon.access import Needs, access_report
 
 RESOLVE_TABLE = """
-SELECT n.nspname AS schema, c.relname AS name
+SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS kind
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p')
+WHERE c.oid = to_regclass($1)
 """
 
-COLUMN_TYPE = """
-SELECT format_type(a.atttypid, a.atttypmod)
-FROM pg_attribute a
-WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+# An unquoted name in another case: "Appointment" written without its quotes.
+RESOLVE_BY_NAME = """
+SELECT n.nspname AS schema, c.relname AS name, c.relkind::text AS kind
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE lower(c.relname) = lower($2) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND CASE WHEN $1::text IS NULL THEN n.nspname = ANY (current_schemas(false))
+           ELSE lower(n.nspname) = lower($1) END
+ORDER BY n.nspname, c.relname
 """
 
 UPSERT_WATCHED = """
 INSERT INTO herald.watched_tables
-    (table_name, entity, id_column, tenant_column, relations, action_targets, updatable_columns)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+    (table_name, entity, id_column, tenant_column, relations, action_targets, updatable_columns, fills)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (table_name) DO UPDATE
 SET entity = EXCLUDED.entity, id_column = EXCLUDED.id_column,
     tenant_column = EXCLUDED.tenant_column, relations = EXCLUDED.relations,
-    action_targets = EXCLUDED.action_targets, updatable_columns = EXCLUDED.updatable_columns
+    action_targets = EXCLUDED.action_targets, updatable_columns = EXCLUDED.updatable_columns,
+    fills = EXCLUDED.fills
 """
+
+ENTITY_OWNER = "SELECT table_name FROM herald.watched_tables WHERE entity = $1 AND table_name <> $2"
+WORKFLOWS_OF_ENTITY = """
+SELECT count(*) FROM herald.workflows w
+WHERE w.is_active AND (w.trigger_type LIKE $1 || '\\_%' OR w.trigger_type LIKE 'crm/' || $1 || '.%')
+"""
+
+ENTITY = re.compile(r"^[a-z][a-z0-9_]*$")
+_TABLE_KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view", "f": "foreign table"}
 
 
 @dataclass(frozen=True)
 class Relation:
-    """``client=clients:client_id``: the row of ``clients`` whose id is the
-    watched row's ``client_id``, available to templates as ``client``."""
+    """``client=clients:client_id``: the row of ``clients`` whose key (its primary
+    key, or ``:KEY`` given as a fourth part) is the watched row's ``client_id``,
+    available to templates as ``client``."""
 
     name: str
     table: str
     column: str
-    key: str = "id"
+    key: str | None = None
 
     @classmethod
     def parse(cls, spec: str) -> Relation:
         name, sep, target = spec.partition("=")
-        table, sep2, column = target.partition(":")
-        if not (sep and sep2 and name and table and column):
+        parts = target.split(":")
+        if not (sep and name and len(parts) in (2, 3) and all(parts)):
             raise HeraldConfigError(
-                f"relation {spec!r} must look like NAME=TABLE:COLUMN, e.g. client=clients:client_id"
+                f"relation {spec!r} must look like NAME=TABLE:COLUMN[:KEY], e.g. client=clients:client_id"
             )
-        return cls(name, table, column)
+        return cls(name, parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+@dataclass
+class Watched:
+    """What `herald watch` set up, and what the user should know about it."""
+
+    table: str
+    entity: str
+    id_column: str
+    warnings: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.table
 
 
 def quote_literal(value: str) -> str:
@@ -62,26 +99,95 @@ def quote_literal(value: str) -> str:
 
 
 def default_entity(table_name: str) -> str:
-    """jobs -> job, companies -> company: the singular used in trigger names."""
-    if table_name.endswith("ies"):
-        return table_name[:-3] + "y"
-    if table_name.endswith("s") and not table_name.endswith("ss"):
-        return table_name[:-1]
-    return table_name
+    """jobs -> job, companies -> company, "WorkOrders" -> work_order: the singular,
+    in snake_case, used in trigger names."""
+    name = camel_to_snake(table_name)
+    if name.endswith("ies"):
+        return name[:-3] + "y"
+    if name.endswith("s") and not name.endswith("ss"):
+        return name[:-1]
+    return name
 
 
-async def _qualified(conn: asyncpg.Connection, table: str) -> str:
-    row = await conn.fetchrow(RESOLVE_TABLE, table)
+def _split_unquoted(table: str) -> tuple[str | None, str] | None:
+    """``schema.name`` or ``name`` written without quotes; None for anything else."""
+    if '"' in table:
+        return None
+    schema, dot, name = table.rpartition(".")
+    return (schema if dot else None), name
+
+
+async def resolve_table(conn: asyncpg.Connection, table: str, what: str = "table") -> str:
+    """``table`` as ``schema.name``: a table or partitioned table that exists."""
+    try:
+        row = await conn.fetchrow(RESOLVE_TABLE, table)
+    except asyncpg.PostgresError as exc:
+        raise HeraldConfigError(f"{what} {table!r} is not a table name: {exc}") from None
+    if row is None and (parts := _split_unquoted(table)) is not None:
+        rows = await conn.fetch(RESOLVE_BY_NAME, *parts)
+        exact = [r for r in rows if r["name"] == parts[1]]
+        if len(exact) == 1:
+            row = exact[0]
+        elif rows:
+            names = ", ".join(quote_qualified(f"{r['schema']}.{r['name']}") for r in rows)
+            raise HeraldConfigError(f"{what} {table!r} does not exist; did you mean {names}?"
+                                    " (a mixed-case name is written in double quotes)")
     if row is None:
-        raise HeraldConfigError(f"table {table!r} does not exist")
+        raise HeraldConfigError(f"{what} {table!r} does not exist")
+    if row["kind"] not in ("r", "p"):
+        raise HeraldConfigError(f"{what} {table!r} is a {_TABLE_KINDS.get(row['kind'], 'relation')}, not a table")
     return f"{row['schema']}.{row['name']}"
 
 
-async def _column_type(conn: asyncpg.Connection, table: str, column: str) -> str:
-    column_type = await conn.fetchval(COLUMN_TYPE, quote_qualified(table), column)
-    if column_type is None:
-        raise HeraldConfigError(f"table {table} has no column {column!r}")
-    return str(column_type)
+async def _shape(conn: asyncpg.Connection, table: str) -> TableShape:
+    try:
+        return await table_shape(conn, table)
+    except StepError as exc:
+        raise HeraldConfigError(str(exc)) from None
+
+
+def _column(shape: TableShape, column: str, what: str) -> str:
+    """The column as the table spells it (``patientId`` for patient_id, or the reverse)."""
+    try:
+        return shape.column(column, what).name
+    except StepError as exc:
+        raise HeraldConfigError(str(exc)) from None
+
+
+def parse_fills(specs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``["updatedAt=now", "id=cuid"]`` -> ``{"updatedAt": "now", "id": "cuid"}``."""
+    fills = {}
+    for spec in specs:
+        column, sep, kind = spec.rpartition("=")
+        if not (sep and column) or kind not in FILL_KINDS:
+            raise HeraldConfigError(f"--fill {spec!r} must look like COLUMN=KIND, KIND one of {', '.join(FILL_KINDS)}")
+        fills[column] = kind
+    return fills
+
+
+def _check_fills(fills: dict[str, str], shapes: list[TableShape]) -> dict[str, str]:
+    """The fills with each column spelled as its tables have it; the kind must suit its type."""
+    checked = {}
+    for column, kind in fills.items():
+        found = [(shape, shape.columns[name]) for shape in shapes
+                 if (name := _optional_column(shape, column)) is not None]
+        if not found:
+            tables = ", ".join(shape.table for shape in shapes)
+            raise HeraldConfigError(f"--fill {column}: no column {column!r} in {tables}")
+        for shape, col in found:
+            suits = {"now": col.category == "D", "uuid": col.is_uuid or col.category == "S",
+                     "cuid": col.category == "S", "none": True}[kind]
+            if not suits:
+                raise HeraldConfigError(f"--fill {column}={kind}: {shape.table}.{col.name} is {col.type}")
+            checked[col.name] = kind
+    return checked
+
+
+def _optional_column(shape: TableShape, column: str) -> str | None:
+    try:
+        return shape.column(column, "--fill").name
+    except StepError:
+        return None
 
 
 async def watch_table(
@@ -90,43 +196,77 @@ async def watch_table(
     *,
     tenant_column: str | None = None,
     entity: str | None = None,
-    id_column: str = "id",
+    id_column: str | None = None,
     relations: tuple[Relation, ...] = (),
     tasks_table: str | None = None,
     notes_table: str | None = None,
     updatable: tuple[str, ...] = (),
-) -> str:
-    """Install (or refresh) capture on ``table``; return its qualified name.
+    fills: dict[str, str] | None = None,
+) -> Watched:
+    """Install (or refresh) capture on ``table``; say what was set up.
 
-    ``tasks_table`` / ``notes_table`` are where create_task / create_note
-    write for this table's events; ``updatable`` lists the columns
-    update_record may change.
+    ``id_column`` defaults to the table's primary key; ``tasks_table`` /
+    ``notes_table`` are where create_task / create_note write for this table's
+    events; ``updatable`` lists the columns update_record may change; ``fills``
+    what Herald fills in the rows it writes (actors/tables.py). Raises
+    HeraldConfigError naming what is wrong, and every privilege Herald's role lacks.
     """
-    qualified = await _qualified(conn, table)
+    qualified = await resolve_table(conn, table)
+    shape = await _shape(conn, qualified)
     entity = entity or default_entity(qualified.partition(".")[2])
-    await _column_type(conn, qualified, id_column)
+    if not ENTITY.match(entity):
+        raise HeraldConfigError(
+            f"entity {entity!r} must be lower-case letters, digits and underscores, starting with a letter;"
+            " name it with --entity")
+    owner = await conn.fetchval(ENTITY_OWNER, entity, qualified)
+    if owner is not None:
+        raise HeraldConfigError(f"entity {entity!r} is already {owner}'s; give this table another with --entity")
+    id_column = _column(shape, id_column or shape.primary_key or "id", "--id-column")
     if tenant_column:
-        await _column_type(conn, qualified, tenant_column)
+        tenant_column = _column(shape, tenant_column, "--tenant-column")
+    needs = Needs()
+    needs.read(qualified, {id_column, *([tenant_column] if tenant_column else [])})
+    needs.trigger(qualified)
     relation_map = {}
     for relation in relations:
-        await _column_type(conn, qualified, relation.column)
-        target = await _qualified(conn, relation.table)
+        column = _column(shape, relation.column, f"relation {relation.name}")
+        target = await resolve_table(conn, relation.table, f"relation {relation.name}'s table")
+        target_shape = await _shape(conn, target)
+        key = _column(target_shape, relation.key or target_shape.primary_key or "id", f"relation {relation.name}'s key")
         relation_map[relation.name] = {
-            "table": target,
-            "column": relation.column,
-            "key": relation.key,
-            "key_type": await _column_type(conn, target, relation.key),
+            "table": target, "column": column, "key": key, "key_type": target_shape.columns[key].type,
         }
+        needs.read(target, set(target_shape.columns))
     action_targets = {}
+    target_shapes = []
+    warnings = []
     for action, target_table in (("create_task", tasks_table), ("create_note", notes_table)):
         if target_table:
-            action_targets[action] = await _qualified(conn, target_table)
-    for column in updatable:
-        await _column_type(conn, qualified, column)
+            target = await resolve_table(conn, target_table, f"the {action} table")
+            action_targets[action] = target
+            target_shape = await _shape(conn, target)
+            target_shapes.append(target_shape)
+            needs.insert(target, target_shape.primary_key)
+            unfillable = target_shape.unfillable_key()
+            if unfillable is not None:
+                warnings.append(
+                    f"{target}.{unfillable.name} ({unfillable.type}) has no default and Herald makes up only"
+                    f" uuid and text ids: {action} steps must set {unfillable.name}, or give it a default")
+    updatable = tuple(_column(shape, column, "--updatable") for column in updatable)
     protected = {id_column, tenant_column} & set(updatable)
     if protected:
         raise HeraldConfigError(f"update_record may not change {sorted(protected)[0]!r}: it identifies the row")
-    args = ", ".join(quote_literal(arg) for arg in (entity, id_column, tenant_column or ""))
+    generated = [c for c in updatable if shape.columns[c].generated]
+    if generated:
+        raise HeraldConfigError(f"--updatable {generated[0]}: a generated column cannot be changed")
+    checked_fills = _check_fills(fills or {}, [shape, *target_shapes])
+    if updatable:
+        needs.update(qualified, set(updatable) | set(shape.update_fills(checked_fills, updatable)))
+    report = await access_report(conn, needs)
+    if report.missing:
+        raise HeraldConfigError(report.missing_text())
+    warnings.extend(report.warnings)
+    args = ", ".join(quote_literal(arg) for arg in (entity, id_column, tenant_column or "", qualified))
     target_sql = quote_qualified(qualified)
     async with conn.transaction():
         await conn.execute(
@@ -140,7 +280,20 @@ async def watch_table(
             f" EXECUTE FUNCTION herald.capture_change({args})"
         )
         await conn.execute(UPSERT_WATCHED, qualified, entity, id_column, tenant_column, relation_map,
-                           action_targets, list(updatable))
-    return qualified
+                           action_targets, list(updatable), checked_fills)
+    return Watched(qualified, entity, id_column, warnings)
 
+
+async def unwatch_table(conn: asyncpg.Connection, table: str) -> tuple[str, int]:
+    """Remove capture from ``table`` (its events so far stay); return its name and
+    how many active workflows still name its entity (they will match nothing)."""
+    qualified = await resolve_table(conn, table)
+    async with conn.transaction():
+        entity = await conn.fetchval(
+            "DELETE FROM herald.watched_tables WHERE table_name = $1 RETURNING entity", qualified)
+        for trigger in ("herald_capture", "herald_capture_update"):
+            await conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(trigger)} ON {quote_qualified(qualified)}")
+    if entity is None:
+        raise HeraldConfigError(f"{qualified} is not watched")
+    return qualified, int(await conn.fetchval(WORKFLOWS_OF_ENTITY, entity))
 

@@ -2,7 +2,8 @@
 
 The event runs the tenant's workflows whose trigger has exactly this name
 (or only ``workflow_id``), with the payload as the entity's row. When the
-entity's table is watched, its relations are loaded as for a real change.
+entity's table is watched, its relations are loaded as for a real change
+(a name like ``work_order_status_changed`` is read against the watched entities).
 
 Input is checked before anything is written: PostgreSQL refuses a NUL
 character in text and jsonb, and an unpaired surrogate is no Unicode it can
@@ -22,6 +23,8 @@ from actors.triggers import TIME_TRIGGERS, parse_trigger
 from config.errors import HeraldConfigError, WorkflowValidationError
 
 TABLE_OF_ENTITY = "SELECT table_name FROM herald.watched_tables WHERE entity = $1"
+
+WATCHED_ENTITIES = "SELECT entity FROM herald.watched_tables ORDER BY entity"
 
 WORKFLOW_OF_TENANT = "SELECT 1 FROM herald.workflows WHERE id = $1 AND tenant_id = $2"
 
@@ -74,6 +77,12 @@ def check_storable(value: Any, what: str) -> None:
             pending.extend((child, f"{path}[{i}]" if len(path) < 200 else path) for i, child in enumerate(item))
 
 
+async def watched_entities(conn: asyncpg.Connection) -> list[str]:
+    """The entities Herald watches, sorted: they decide how a trigger name like
+    ``work_order_status_changed`` is read (see :func:`actors.triggers.parse_trigger`)."""
+    return [row["entity"] for row in await conn.fetch(WATCHED_ENTITIES)]
+
+
 def check_workflow_id(workflow_id: str, what: str = "--workflow") -> str:
     """A workflow id is a UUID (as ``herald workflows export`` shows it)."""
     try:
@@ -99,7 +108,7 @@ async def fire_event(
         if trigger_type in TIME_TRIGGERS:
             entity = TIME_TRIGGERS[trigger_type][0]
         else:
-            entity = parse_trigger(trigger_type, "trigger").entity
+            entity = parse_trigger(trigger_type, "trigger", entities=await watched_entities(conn)).entity
     except WorkflowValidationError as exc:
         raise HeraldConfigError(exc.message) from None
     if workflow_id is not None:

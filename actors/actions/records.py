@@ -4,6 +4,10 @@ Where tasks and notes go, and which columns update_record may change, is
 configured per watched table (``herald watch TABLE --tasks-table T
 --notes-table N --updatable col,col``). The write commits in the same
 transaction as the step's status, so it happens exactly once.
+
+A step's keys name columns as the table has them, or in the other spelling
+(``patientId`` for ``patient_id`` and the other way round); the columns an ORM
+would fill on the client are filled as actors/tables.py says.
 """
 
 from __future__ import annotations
@@ -14,25 +18,12 @@ from typing import Any
 import asyncpg
 
 from actors.actions.base import Action, Done, Param, StepRun, register
-from actors.templates import camel_to_snake
+from actors.tables import TableShape, fill_value, table_shape
 from config.database import quote_ident, quote_qualified
 from config.errors import StepError, WorkflowValidationError
 
-TABLE_COLUMNS = """
-SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type
-FROM pg_attribute a
-WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-"""
-
 # Keys of the step configuration that are not columns.
 NOT_COLUMNS = {"actionType"}
-
-
-async def table_columns(conn: asyncpg.Connection, table: str) -> dict[str, str]:
-    rows = await conn.fetch(TABLE_COLUMNS, quote_qualified(table))
-    if not rows:
-        raise StepError(f"table {table} does not exist")
-    return {row["name"]: row["type"] for row in rows}
 
 
 def _as_text(value: Any) -> str | None:
@@ -65,34 +56,65 @@ class _CreateRow(Action):
                 f"no table is configured for {self.name} on {step['table_name']}; run"
                 f" `herald watch {step['table_name']} {self.target_option} TABLE`"
             )
-        columns = await table_columns(run.conn, target)
-        values = {
-            camel_to_snake(key): run.render_object(value, key)
-            for key, value in run.config.items() if key not in NOT_COLUMNS
-        }
+        shape = await table_shape(run.conn, target)
+        values = _by_column(shape, {
+            key: run.render_object(value, key) for key, value in run.config.items() if key not in NOT_COLUMNS
+        }, self.name)
         tenant_column = step["tenant_column"]
-        if tenant_column and tenant_column in columns:
+        if tenant_column and tenant_column in shape.columns:
             if values.setdefault(tenant_column, step["tenant_id"]) != step["tenant_id"]:
                 raise StepError(f"{self.name} may not write rows of another tenant")
-        unknown = sorted(set(values) - set(columns))
-        if unknown:
-            raise StepError(
-                f"{target} has no column {', '.join(map(repr, unknown))}"
-                f" (columns: {', '.join(sorted(columns))})"
-            )
         run.rendered.update(values)
-        names = list(values)
-        returning = " RETURNING id::text" if "id" in columns else ""
-        sql = (
-            f"INSERT INTO {quote_qualified(target)} ({', '.join(map(quote_ident, names))})"
-            f" VALUES ({', '.join(_placeholder(i + 1, columns[n]) for i, n in enumerate(names))})"
-            + returning
-        )
+        fills = shape.insert_fills(step.get("fills") or {}, values)
+        unfilled = shape.unfillable_key()
+        if unfilled is not None and unfilled.name not in values and unfilled.name not in fills:
+            raise StepError(
+                f"{target}.{unfilled.name} ({unfilled.type}) has no default and Herald cannot make up"
+                f" its value: give it a default (an identity or a sequence) or set {unfilled.name} in the step")
+        names, expressions, args = _expressions(shape, values, fills)
+        key = shape.primary_key
+        returning = f" RETURNING {quote_ident(key)}::text" if key else ""
+        sql = (f"INSERT INTO {quote_qualified(target)} ({', '.join(map(quote_ident, names))})"
+               f" VALUES ({', '.join(expressions)}){returning}")
         try:
-            row_id = await run.conn.fetchval(sql, *(_as_text(values[n]) for n in names))
+            row_id = await run.conn.fetchval(sql, *args)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise StepError(f"{target} refused the row: {exc}") from None
-        return Done({"table": target, "id": row_id})
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise StepError(f"Herald may not write to {target}: {exc}") from None
+        return Done({"table": target, "id": row_id, **({"filled": sorted(fills)} if fills else {})})
+
+
+def _by_column(shape: TableShape, values: dict[str, Any], what: str) -> dict[str, Any]:
+    """``values`` keyed by the column each key names; two keys naming one column are an error."""
+    by_column: dict[str, Any] = {}
+    for key, value in values.items():
+        column = shape.writable(key, what).name
+        if column in by_column:
+            raise StepError(f"{what} sets {shape.table}.{column} twice (as {key!r} and another spelling)")
+        by_column[column] = value
+    return by_column
+
+
+def _expressions(
+    shape: TableShape, values: dict[str, Any], fills: dict[str, str], first: int = 1,
+) -> tuple[list[str], list[str], list[str | None]]:
+    """Columns, their SQL expressions and the query's arguments (numbered from
+    ``first``): each value as a placeholder cast to its column's type, each fill
+    as now() or a generated id."""
+    names: list[str] = []
+    expressions: list[str] = []
+    args: list[str | None] = []
+    for name, value in [*values.items(), *((n, kind) for n, kind in fills.items())]:
+        names.append(name)
+        if name in fills and name not in values:
+            if fills[name] == "now":
+                expressions.append("now()")
+                continue
+            value = fill_value(fills[name])
+        args.append(_as_text(value))
+        expressions.append(_placeholder(first + len(args) - 1, shape.columns[name].type))
+    return names, expressions, args
 
 
 @register
@@ -126,8 +148,10 @@ class UpdateRecord(Action):
     async def execute(self, run: StepRun) -> Done:
         step = run.step
         table = step["table_name"]
-        fields = {camel_to_snake(k): run.render_object(v, f"fields.{k}")
-                  for k, v in dict(run.param(FIELDS)).items()}
+        shape = await table_shape(run.conn, table)
+        fields = _by_column(shape, {
+            key: run.render_object(value, f"fields.{key}") for key, value in dict(run.param(FIELDS)).items()
+        }, self.name)
         allowed = set(step["updatable_columns"] or ())
         refused = sorted(set(fields) - allowed)
         if refused:
@@ -136,23 +160,25 @@ class UpdateRecord(Action):
                 f"update_record may not change {', '.join(map(repr, refused))} on {table}"
                 f" (allowed: {allowed_text}; see `herald watch {table} --updatable`)"
             )
-        columns = await table_columns(run.conn, table)
         run.rendered["fields"] = fields
-        names = list(fields)
-        assignments = ", ".join(
-            f"{quote_ident(n)} = {_placeholder(i + 1, columns[n])}" for i, n in enumerate(names))
-        id_column, tenant_column = step["id_column"], step["tenant_column"]
-        where = f"{quote_ident(id_column)} = {_placeholder(len(names) + 1, columns[id_column])}"
-        args = [*(_as_text(fields[n]) for n in names), step["row_id"]]
-        if tenant_column:
-            where += f" AND {quote_ident(tenant_column)} = {_placeholder(len(names) + 2, columns[tenant_column])}"
-            args.append(step["tenant_id"])
+        fills = shape.update_fills(step.get("fills") or {}, fields)
+        names, expressions, args = _expressions(shape, fields, fills)
+        assignments = ", ".join(f"{quote_ident(n)} = {e}" for n, e in zip(names, expressions))
+        where = []
+        for column_name, value in ((step["id_column"], step["row_id"]), (step["tenant_column"], step["tenant_id"])):
+            if column_name:
+                column = shape.column(column_name, "finding the event's row")
+                args.append(value)
+                where.append(f"{quote_ident(column.name)} = {_placeholder(len(args), column.type)}")
         # The change this causes is marked as Herald's own, so it cannot re-trigger this workflow.
         await run.conn.execute("SELECT set_config('herald.origin_run', $1, true)", str(step["run_id"]))
+        sql = f"UPDATE {quote_qualified(table)} SET {assignments} WHERE {' AND '.join(where)}"
         try:
-            status = await run.conn.execute(f"UPDATE {quote_qualified(table)} SET {assignments} WHERE {where}", *args)
+            status = await run.conn.execute(sql, *args)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             raise StepError(f"{table} refused the update: {exc}") from None
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise StepError(f"Herald may not update {table}: {exc}") from None
         if status == "UPDATE 0":
             raise StepError(f"{table} row {step['row_id']} no longer exists")
-        return Done({"table": table, "updated": names})
+        return Done({"table": table, "updated": list(fields), **({"filled": sorted(fills)} if fills else {})})

@@ -83,7 +83,7 @@ async def test_watch_rejects_what_does_not_exist(conn: asyncpg.Connection) -> No
 
 async def test_table_without_tenant_column_uses_default_tenant(conn: asyncpg.Connection) -> None:
     await conn.execute("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
-    assert await watch_table(conn, "notes") == "public.notes"
+    assert (await watch_table(conn, "notes")).table == "public.notes"
     await conn.execute("INSERT INTO notes (body) VALUES ('hello')")
     event = await conn.fetchrow("SELECT entity, tenant_id, new FROM herald.events")
     assert (event["entity"], event["tenant_id"], event["new"]["body"]) == ("note", "default", "hello")

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 
 from actors import dedupe
 from actors.enrich import enrich_runs
@@ -27,15 +25,6 @@ from dashboard import queries
 
 ANY_JOB_CHANGE = {"name": "any change", "trigger_type": "job_updated", "steps": [
     {"id": "sms", "type": "action", "config": {"actionType": "sms", "message": "hi", "recipient": "+15550101001"}}]}
-
-
-@pytest.fixture
-async def cache(db_url: str) -> AsyncIterator[WorkflowCache]:
-    """The worker's workflow cache, whose listening connection is closed afterwards."""
-    workflows = WorkflowCache(db_url)
-    yield workflows
-    if workflows._listener is not None:  # the cache has no close of its own
-        await workflows._listener.close()
 
 
 async def job_event(conn: asyncpg.Connection, tenant: str, new: Any) -> int:

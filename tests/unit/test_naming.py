@@ -33,9 +33,42 @@ def test_camel_to_snake(name: str, snake: str) -> None:
 
 
 def test_there_is_one_converter() -> None:
-    # templates re-exports it, records and workflow checks import it from there
+    # templates re-export it; records, templates and conditions find columns with one function
+    from actors import conditions, tables
+    from actors import templates as template_module
+
     assert camel_to_snake is naming.camel_to_snake
-    assert vars(records)["camel_to_snake"] is naming.camel_to_snake
+    for module in (tables, conditions, template_module):
+        assert vars(module)["column_for"] is naming.column_for
+    assert "table_shape" in vars(records)
+
+
+@pytest.mark.parametrize(
+    ("key", "columns", "expected"),
+    [
+        ("patientId", ["id", "patient_id"], "patient_id"),  # a workflow's camelCase, a snake_case table
+        ("patient_id", ["id", "patientId"], "patientId"),  # and the other way round (Prisma)
+        ("patientId", ["patientId", "patient_id"], "patientId"),  # the exact name first
+        ("PatientID", ["patientId"], "patientId"),
+        ("visit_type", ["visitType", "status"], "visitType"),
+        ("nope", ["id", "patientId"], None),
+    ],
+)
+def test_column_for(key: str, columns: list[str], expected: str | None) -> None:
+    assert naming.column_for(key, columns) == expected
+    assert naming.column_for(key, dict.fromkeys(columns)) == expected
+
+
+def test_a_name_fitting_two_columns_is_ambiguous() -> None:
+    with pytest.raises(naming.AmbiguousName, match="'patientID' could be any of 'patientId', 'patient_id'"):
+        naming.column_for("patientID", ["patient_id", "patientId"])
+
+
+def test_snake_case_in_a_workflow_reads_camel_case_columns() -> None:
+    row = {"patient": {"firstName": "Ana", "visitType": "Consultation"}}
+    assert resolve_path(row, "patient.first_name") == "Ana"
+    assert render("{{ patient.first_name }} / {{ patient.visit_type }}", as_records(row), field="body") == (
+        "Ana / Consultation")
 
 
 ROW: dict[str, Any] = {"visit": {"user_id": 7, "visit_type": "Consultation", "patient_id": "p-1",

@@ -295,6 +295,7 @@ def test_logging_refuses_a_level_it_does_not_know() -> None:
 
 COMMAND_ARGS = {
     "watch": ["jobs"],
+    "unwatch": ["jobs"],
     "workflows": ["validate", "nothing.json"],
     "retry": ["1"],
     "trigger": ["job_completed", "--payload", "nothing.json", "--tenant", "t1"],

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors.triggers import parse_trigger
 from config.errors import WorkflowValidationError
+from config.settings import Settings
+from daemon.__main__ import cmd_workflows
 
 
 def event(operation: str, type_: str, entity: str = "job", old: Any = None, new: Any = None) -> dict[str, Any]:
@@ -24,6 +29,16 @@ def event(operation: str, type_: str, entity: str = "job", old: Any = None, new:
         ("crm/appointment.created", "appointment", "INSERT", None, None),
         ("crm/patient.updated", "patient", "UPDATE", None, None),
         ("invoice_overdue", "invoice", "SCHEDULED", None, None),
+        # Entities with underscores: before a fixed suffix, the entity is everything before it.
+        ("work_order_completed", "work_order", "UPDATE", "status", "completed"),
+        ("work_order_updated", "work_order", "UPDATE", None, None),
+        ("line_item_created", "line_item", "INSERT", None, None),
+        ("service_request_deleted", "service_request", "DELETE", None, None),
+        ("service_request_cancelled", "service_request", "UPDATE", "status", "cancelled"),
+        ("crm/work_order.created", "work_order", "INSERT", None, None),
+        # Ambiguous without the watched entities: the first word is the entity.
+        ("job_scheduled_date_changed", "job", "UPDATE", "scheduled_date", None),
+        ("work_order_status_changed", "work", "UPDATE", "order_status", None),
     ],
 )
 def test_names_parse(name: str, entity: str, operation: str, field: str | None, to_value: str | None) -> None:
@@ -74,6 +89,13 @@ def test_time_trigger_defaults_and_overrides() -> None:
         ("cron", {"schedule": "0 9 * * 1", "timezone": "Mars/Olympus"}, "trigger_config.timezone"),
         ("job_created", {"days": 1}, "trigger_config"),
         ("job_exploded", None, "trigger"),
+        ("work_order_exploded", None, "trigger"),
+        ("job_changed", None, "trigger"),  # no field
+        ("_status_changed", None, "trigger"),
+        ("Work_order_created", None, "trigger"),
+        ("work-order_created", None, "trigger"),
+        ("2work_order_completed", None, "trigger"),
+        ("crm/work order.created", None, "trigger"),
     ],
 )
 def test_bad_configuration_names_the_field(name: str, config: Any, field: str) -> None:
@@ -116,3 +138,89 @@ def test_time_trigger_limits_keep_what_can_happen() -> None:
     for days in (36501, 2**31):
         with pytest.raises(WorkflowValidationError, match="between 0 and 36500"):
             parse_trigger("invoice_overdue", "trigger", {"days": days})
+
+
+def test_unknown_names_keep_their_message() -> None:
+    with pytest.raises(WorkflowValidationError, match=r"unknown trigger 'work_order_exploded'; expected"
+                       r" <entity>_created\|updated\|deleted, <entity>_<field>_changed"):
+        parse_trigger("work_order_exploded")
+
+
+def test_a_field_change_with_several_underscores_keeps_every_reading() -> None:
+    trigger = parse_trigger("work_order_status_changed")
+    assert trigger.readings == (("work", "order_status"), ("work_order", "status"))
+    assert trigger.entities == ("work", "work_order") and not trigger.resolved
+    assert trigger.describe() == (
+        "entity work, field order_status (or entity work_order, field status: whichever table Herald watches)")
+    assert parse_trigger("job_status_changed").readings == (("job", "status"),)
+
+
+@pytest.mark.parametrize(
+    ("entities", "entity", "field", "resolved"),
+    [
+        ({"work_order", "client"}, "work_order", "status", True),
+        ({"work"}, "work", "order_status", True),
+        ({"work", "work_order"}, "work_order", "status", True),  # the longest watched entity wins
+        ({"client"}, "work", "order_status", False),  # none watched: the first word
+        (set(), "work", "order_status", False),
+    ],
+)
+def test_the_watched_entities_decide_an_ambiguous_name(
+    entities: set[str], entity: str, field: str, resolved: bool
+) -> None:
+    trigger = parse_trigger("work_order_status_changed", entities=entities)
+    assert (trigger.entity, trigger.field, trigger.resolved) == (entity, field, resolved)
+    assert trigger.operation == "UPDATE" and len(trigger.readings) == 2
+
+
+def test_a_resolved_name_describes_its_one_reading() -> None:
+    assert parse_trigger("work_order_status_changed", entities=["work_order"]).describe() == (
+        "entity work_order, field status")
+    assert parse_trigger("job_scheduled_date_changed", entities=["job"]).describe() == (
+        "entity job, field scheduled_date")
+    assert parse_trigger("work_order_completed").describe() == "entity work_order, field status becoming 'completed'"
+    assert parse_trigger("line_item_created").describe() == "entity line_item"
+    assert parse_trigger("invoice_overdue").describe() == "scheduled invoice.overdue events"
+
+
+def test_matching_follows_the_event_entity_whichever_reading_was_chosen() -> None:
+    unresolved = parse_trigger("work_order_status_changed")  # read as work / order_status
+    resolved = parse_trigger("work_order_status_changed", entities={"work_order"})
+    status = event("UPDATE", "work_order.updated", "work_order", old={"status": "new"}, new={"status": "done"})
+    notes = event("UPDATE", "work_order.updated", "work_order",
+                  old={"status": "new", "notes": "a"}, new={"status": "new", "notes": "b"})
+    for trigger in (unresolved, resolved):
+        assert trigger.explain(status) is None
+        assert trigger.explain(notes) == "trigger work_order_status_changed: status did not change"
+        assert trigger.for_entity("work_order").field == "status"
+        assert "watches work or work_order events, not job" in (trigger.explain(
+            event("UPDATE", "job.updated", old={"status": "a"}, new={"status": "b"})) or "")
+    # An event of entity work reads the name as work / order_status.
+    work = event("UPDATE", "work.updated", "work", old={"order_status": "a"}, new={"order_status": "b"})
+    assert unresolved.explain(work) is None and resolved.for_entity("work").field == "order_status"
+    assert "the work has no field 'order_status'" in (unresolved.explain(
+        event("UPDATE", "work.updated", "work", old={"status": "a"}, new={"status": "b"})) or "")
+
+
+def test_status_shortcuts_of_underscored_entities_match_their_events() -> None:
+    completed = parse_trigger("work_order_completed")
+    done = event("UPDATE", "work_order.updated", "work_order", old={"status": "new"}, new={"status": "completed"})
+    assert completed.explain(done) is None
+    assert "watches work_order events, not work" in (completed.explain({**done, "entity": "work"}) or "")
+    assert "needs a UPDATE" in (completed.explain({**done, "operation": "INSERT"}) or "")
+
+
+def test_validate_says_what_the_trigger_was_read_as(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sms = {"type": "action", "config": {"actionType": "sms", "recipient": "+15550101001", "message": "hi"}}
+    paths = []
+    for trigger in ("work_order_status_changed", "line_item_created"):
+        path = tmp_path / f"{trigger}.json"
+        path.write_text(json.dumps({"name": "orders", "trigger_type": trigger, "steps": [sms, sms]}))
+        paths.append(str(path))
+    args = argparse.Namespace(workflows_command="validate", files=paths)
+    assert cmd_workflows(Settings(database_url="", redis_url=""), args) == 0  # no database needed
+    assert capsys.readouterr().out.splitlines() == [
+        f"{paths[0]}: valid (orders: work_order_status_changed -> entity work, field order_status"
+        " (or entity work_order, field status: whichever table Herald watches); 2 steps)",
+        f"{paths[1]}: valid (orders: line_item_created -> entity line_item; 2 steps)",
+    ]
