@@ -90,34 +90,132 @@ def migration_files() -> list[tuple[int, str, str]]:
     return found
 
 
+# Who is migrating, and what they may do with Herald's schema (NULLs: it does not exist).
+MIGRATING_ROLE = """
+SELECT current_user AS role, quote_ident(current_user) AS role_sql, current_database() AS database,
+       has_database_privilege(current_database(), 'CREATE') AS may_create_schema,
+       n.oid IS NOT NULL AS schema_exists,
+       pg_get_userbyid(n.nspowner) AS schema_owner,
+       has_schema_privilege(n.oid, 'USAGE') AS schema_usage,
+       has_schema_privilege(n.oid, 'CREATE') AS schema_create,
+       EXISTS (SELECT FROM pg_class c
+               WHERE c.relnamespace = n.oid AND c.relname = 'schema_migrations') AS has_record,
+       EXISTS (SELECT FROM pg_class c
+               WHERE c.relnamespace = n.oid AND c.relname = 'schema_migrations'
+                 AND has_table_privilege(c.oid, 'SELECT')) AS reads_record
+FROM (SELECT 1) AS one LEFT JOIN pg_namespace n ON n.nspname = 'herald'
+"""
+
+# Objects in Herald's schema whose owner the migrating role is not (nor a member
+# of): a migration that alters one fails with "must be owner of ...". Indexes and
+# identity sequences go with their table.
+NOT_OWNED = """
+SELECT kind, name, pg_get_userbyid(owner) AS owner
+FROM (
+    SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                          WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END AS kind,
+           'herald.' || quote_ident(c.relname) AS name, c.relowner AS owner
+    FROM pg_class c
+    WHERE c.relnamespace = 'herald'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+      AND NOT c.relispartition
+    UNION ALL
+    SELECT 'FUNCTION', 'herald.' || quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+           p.proowner
+    FROM pg_proc p
+    WHERE p.pronamespace = 'herald'::regnamespace
+) AS o
+WHERE NOT pg_has_role(owner, 'USAGE')
+ORDER BY kind DESC, name
+"""
+
+CREATE_RECORD = """
+CREATE TABLE herald.schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+async def _ensure_schema(conn: asyncpg.Connection) -> asyncpg.Record:
+    """Herald's schema, made if the role may and it is missing; HeraldDatabaseError naming
+    the missing grant, and the SQL that gives it, if the role can do nothing with it."""
+    who = await conn.fetchrow(MIGRATING_ROLE)
+    role, database = who["role"], who["database"]
+    if not who["schema_exists"]:
+        if not who["may_create_schema"]:
+            raise HeraldDatabaseError(
+                f'role "{role}" may not create schema herald in database "{database}" (no CREATE'
+                f" privilege on the database): run as the database owner or a superuser:"
+                f" CREATE SCHEMA herald AUTHORIZATION {who['role_sql']};"
+            )
+        await conn.execute("CREATE SCHEMA IF NOT EXISTS herald")
+        return await conn.fetchrow(MIGRATING_ROLE)  # type: ignore[no-any-return]
+    if not who["schema_usage"] or (not who["has_record"] and not who["schema_create"]):
+        raise HeraldDatabaseError(_schema_not_ours(who))
+    return who
+
+
+def _schema_not_ours(who: asyncpg.Record) -> str:
+    missing = "USAGE" if not who["schema_usage"] else "CREATE"
+    return (
+        f'schema herald in database "{who["database"]}" belongs to role "{who["schema_owner"]}"'
+        f' and role "{who["role"]}" has no {missing} privilege on it: run as "{who["schema_owner"]}"'
+        f" or a superuser: ALTER SCHEMA herald OWNER TO {who['role_sql']};"
+    )
+
+
+async def _check_may_migrate(conn: asyncpg.Connection, who: asyncpg.Record) -> None:
+    """Before applying migrations: the role may create in the schema and owns what is in it."""
+    not_owned = await conn.fetch(NOT_OWNED)
+    if who["schema_create"] and not not_owned:
+        return
+    if not not_owned:
+        raise HeraldDatabaseError(_schema_not_ours(who))
+    owners = ", ".join(sorted({f'role "{row["owner"]}"' for row in not_owned}))
+    owners_or = " or ".join(sorted({f'"{row["owner"]}"' for row in not_owned}))
+    fixes = [] if who["schema_create"] else [f"ALTER SCHEMA herald OWNER TO {who['role_sql']};"]
+    fixes += [f"ALTER {row['kind']} {row['name']} OWNER TO {who['role_sql']};" for row in not_owned]
+    shown = ", ".join(row["name"].split("(")[0] for row in not_owned[:2])
+    more = f" and {len(not_owned) - 2} more" if len(not_owned) > 2 else ""
+    raise HeraldDatabaseError(
+        f'role "{who["role"]}" does not own Herald\'s objects in schema herald of database'
+        f' "{who["database"]}" ({shown}{more} belong to {owners}), so it may not migrate them:'
+        f" run as {owners_or} or a superuser: {' '.join(fixes)}"
+    )
+
+
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply the migrations this database lacks, in order; return their names.
 
     Each migration runs in its own transaction together with its record, so a
     failed one leaves nothing half-applied. Safe to run twice, and from two
     processes at once (an advisory lock serialises them).
+
+    No superuser is needed: the role needs either CREATE on the database (to
+    make the schema) or a schema ``herald`` it owns (``CREATE SCHEMA herald
+    AUTHORIZATION role``). A role that cannot is told, in one line, which grant
+    is missing and the SQL that gives it. With nothing to apply, reading
+    herald.schema_migrations is all it takes.
     """
     applied_now: list[str] = []
+    name: str | None = None  # the migration being applied, for the error
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
         try:
-            await conn.execute(
-                """
-                CREATE SCHEMA IF NOT EXISTS herald;
-                CREATE TABLE IF NOT EXISTS herald.schema_migrations (
-                    version    integer PRIMARY KEY,
-                    name       text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                )
-                """
-            )
+            who = await _ensure_schema(conn)
+            if not who["reads_record"]:  # a new schema, or a record this role may not even read
+                await _check_may_migrate(conn, who)
+            if not who["has_record"]:
+                await conn.execute(CREATE_RECORD)
             done = {
                 row["version"]
                 for row in await conn.fetch("SELECT version FROM herald.schema_migrations")
             }
-            for version, name, sql in migration_files():
-                if version in done:
-                    continue
+            pending = [m for m in migration_files() if m[0] not in done]
+            if pending and who["reads_record"]:
+                await _check_may_migrate(conn, who)
+            for version, name, sql in pending:
                 async with conn.transaction():
                     await conn.execute(sql)
                     await conn.execute(
@@ -127,10 +225,12 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                     )
                 log.info("migration applied", migration=name)
                 applied_now.append(name)
+            name = None
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
     except asyncpg.PostgresError as exc:
-        raise HeraldDatabaseError(f"migration failed: {exc}") from exc
+        where = f"migration {name}" if name else "migration"
+        raise HeraldDatabaseError(f"{where} failed: {exc}") from exc
     return applied_now
 
 

@@ -98,7 +98,7 @@ async def access_report(conn: asyncpg.Connection, needs: Needs) -> AccessReport:
             continue
         shown = quote_qualified(table)
         grants = []
-        if (table in needs.reads or table in needs.inserts or table in needs.updates) and not row["can_select"]:
+        if (table in needs.reads or table in needs.updates) and not row["can_select"]:
             grants.append("SELECT")
         if table in needs.inserts and not row["can_insert"]:
             grants.append("INSERT")
@@ -106,6 +106,11 @@ async def access_report(conn: asyncpg.Connection, needs: Needs) -> AccessReport:
             grants.append("TRIGGER")
         if grants:
             report.missing.append(f"GRANT {', '.join(grants)} ON {shown} TO {grantee};")
+        returning = needs.inserts.get(table)
+        if (table in needs.inserts and table not in needs.reads and table not in needs.updates and returning
+                and not await conn.fetchval(COLUMN_PRIVILEGE, shown, returning, "SELECT")):
+            # An insert reads back the new row's key (RETURNING), and nothing else.
+            report.missing.append(f"GRANT SELECT ({quote_ident(returning)}) ON {shown} TO {grantee};")
         columns = [c for c in sorted(needs.updates.get(table, ()))
                    if not await conn.fetchval(COLUMN_PRIVILEGE, shown, c, "UPDATE")]
         if columns:

@@ -291,8 +291,16 @@ async def unwatch_table(conn: asyncpg.Connection, table: str) -> tuple[str, int]
     async with conn.transaction():
         entity = await conn.fetchval(
             "DELETE FROM herald.watched_tables WHERE table_name = $1 RETURNING entity", qualified)
-        for trigger in ("herald_capture", "herald_capture_update"):
-            await conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(trigger)} ON {quote_qualified(qualified)}")
+        drops = [f"DROP TRIGGER IF EXISTS {quote_ident(trigger)} ON {quote_qualified(qualified)};"
+                 for trigger in ("herald_capture", "herald_capture_update")]
+        try:
+            for drop in drops:
+                await conn.execute(drop)
+        except asyncpg.InsufficientPrivilegeError:
+            # Only a table's owner may drop its triggers (Herald's role may create them).
+            raise HeraldConfigError(
+                f"only the owner of {qualified} may remove its capture triggers: ask them to run"
+                f" {' '.join(drops)} then run `herald unwatch {table}` again") from None
     if entity is None:
         raise HeraldConfigError(f"{qualified} is not watched")
     return qualified, int(await conn.fetchval(WORKFLOWS_OF_ENTITY, entity))

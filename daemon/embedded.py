@@ -482,7 +482,13 @@ class EmbeddedServers:
         self.redis_pidfile.unlink(missing_ok=True)
         self.redis_returncode = None
         if self._redis_proc is not None:
-            self._redis_proc.poll()  # reap a server that died, before its handle is replaced
+            # Reap the server that died (or is still dying: killed, its socket already
+            # gone) before its handle is replaced, so no zombie outlives its handle.
+            try:
+                self._redis_proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._redis_proc.kill()
+                self._redis_proc.wait()
         self._redis_proc = subprocess.Popen(
             [
                 str(redis_server_bin()),

@@ -1,5 +1,6 @@
--- Herald's own schema, apart from the business tables.
-CREATE SCHEMA IF NOT EXISTS herald;
+-- Herald's own schema, apart from the business tables, is made by `herald migrate`
+-- itself (config/database.py), so a least-privilege role whose schema a DBA made
+-- can apply this file. No migration creates schemas or extensions.
 
 -- Tables whose changes Herald captures (see `herald watch`).
 CREATE TABLE herald.watched_tables (

@@ -196,7 +196,8 @@ async def test_watch_as_a_least_privilege_role_names_every_missing_grant(
     message = str(refused.value)
     assert f'role "{role}" lacks what Herald needs here' in message
     for grant in (f'GRANT SELECT ON "public"."clients" TO "{role}";',
-                  f'GRANT SELECT, INSERT ON "public"."tasks" TO "{role}";',
+                  f'GRANT INSERT ON "public"."tasks" TO "{role}";',
+                  f'GRANT SELECT ("id") ON "public"."tasks" TO "{role}";',
                   f'GRANT SELECT, TRIGGER ON "public"."jobs" TO "{role}";',
                   f'GRANT UPDATE ("status") ON "public"."jobs" TO "{role}";'):
         assert grant in message, (grant, message)

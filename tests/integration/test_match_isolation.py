@@ -156,6 +156,45 @@ async def test_a_related_row_of_another_tenant_is_not_loaded_and_its_run_sends_n
                                own) == "pending"
 
 
+async def test_a_related_row_that_cannot_be_found_or_read_fails_its_run_naming_it(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
+) -> None:
+    await conn.execute(CRM + "ALTER TABLE appointments DROP CONSTRAINT appointments_room_id_fkey;")
+    await watch_table(conn, "appointments", tenant_column="practice_id", relations=(
+        Relation("patient", "patients", "patient_id"), Relation("room", "rooms", "room_id")))
+    await import_workflow(conn, "p1", {"name": "booked", "trigger_type": "appointment_created", "steps": [
+        {"id": "note", "type": "action", "config": {
+            "actionType": "email", "recipient": "office@example.com", "subject": "Booked",
+            "message": "{{room.name}} booked"}}]})
+
+    async def run_error(room: int) -> str:
+        await conn.execute("INSERT INTO appointments (practice_id, patient_id, room_id) VALUES ('p1', 1, $1)", room)
+        event = await conn.fetchval("SELECT max(id) FROM herald.events WHERE entity = 'appointment'")
+        async with pool.acquire() as worker:
+            [run_id] = (await match_events(worker, [event], cache)).started
+            await enrich_runs(worker, [run_id])
+        return await conn.fetchval("SELECT error FROM herald.runs WHERE id = $1", run_id)  # type: ignore[no-any-return]
+
+    assert await run_error(99) == (
+        "step 1 (note, email): relation room not loaded: room 99 not found in public.rooms"
+        " (deleted, or hidden from Herald's role by row-level security)")
+    # The related table changed under Herald: its key column renamed.
+    await conn.execute("ALTER TABLE rooms RENAME COLUMN id TO room_no")
+    error = await run_error(1)
+    assert error.startswith("step 1 (note, email): relation room not loaded: public.rooms cannot be read by id:")
+    assert 'column "id" does not exist' in error
+    # The watched table's relation column dropped.
+    await conn.execute("ALTER TABLE appointments DROP COLUMN room_id")
+    await conn.execute("INSERT INTO appointments (practice_id, patient_id) VALUES ('p1', 1)")
+    event = await conn.fetchval("SELECT max(id) FROM herald.events WHERE entity = 'appointment'")
+    async with pool.acquire() as worker:
+        [run_id] = (await match_events(worker, [event], cache)).started
+        await enrich_runs(worker, [run_id])
+    assert await conn.fetchval("SELECT error FROM herald.runs WHERE id = $1", run_id) == (
+        "step 1 (note, email): relation room not loaded: public.appointments has no column 'room_id' any more;"
+        " run `herald watch` for it again")
+
+
 async def test_a_watched_related_tables_own_tenant_column_decides(
     conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
 ) -> None:
