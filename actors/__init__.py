@@ -1,5 +1,8 @@
-"""Herald's Dramatiq actors. The broker is imported first, then every actor,
-so ``dramatiq actors`` starts a worker that serves them all."""
+"""Herald's Dramatiq actors and what they run on.
 
-from actors import broker  # noqa: F401  (must come first: it sets the broker)
-from actors import email, enrich, match, records, sms, webhook  # noqa: F401
+Importing a module of this package sets nothing up: no broker, no logging, no
+connections. A worker starts from :mod:`actors.worker`, which sets up the
+broker and declares every actor; a process that only sends messages calls
+:func:`actors.broker.setup_broker` and sends by actor name
+(:func:`actors.broker.send`).
+"""

@@ -1,7 +1,6 @@
-"""The Dramatiq broker, imported before any actor.
+"""The Dramatiq broker, set up before any actor is imported (:func:`setup_broker`).
 
-Builds the process's settings once, configures logging, and installs a
-Redis broker whose idle consumers block on a wake-up list instead of polling:
+A Redis broker whose idle consumers block on a wake-up list instead of polling:
 an enqueue pushes a token, so a waiting worker picks the message up at once
 rather than after its poll backoff (up to ``worker_timeout``). Its middleware:
 asyncio actors, the wake-up push, per-recipient limits, the worker heartbeat,
@@ -23,7 +22,6 @@ from actors.middleware.heartbeat import WorkerHeartbeat
 from actors.middleware.lifecycle import WorkerLifecycle
 from actors.middleware.rate_limits import RecipientRateLimits
 from actors.rate_limits import RateLimit
-from config.logging import configure_logging
 from config.settings import Settings, current
 
 # Wake-up tokens kept per queue; enough for every idle consumer of a queue.
@@ -101,7 +99,23 @@ def make_broker(settings: Settings) -> WakingRedisBroker:
     return broker
 
 
-settings = current()
-configure_logging(settings, process="worker")
-broker = make_broker(settings)
-dramatiq.set_broker(broker)
+_broker: WakingRedisBroker | None = None
+
+
+def setup_broker(settings: Settings | None = None) -> WakingRedisBroker:
+    """This process's broker, built once and made Dramatiq's: called where a
+    worker (actors.worker) or a sender (the daemon, `herald retry`) starts,
+    before any actor module is imported. Importing this module does nothing."""
+    global _broker
+    if _broker is None:
+        _broker = make_broker(settings or current())
+        dramatiq.set_broker(_broker)
+    return _broker
+
+
+def send(actor_name: str, ids: list[int], *, delay_ms: int | None = None) -> None:
+    """Send a batch of ids to a Herald actor by its name (each is named after its
+    queue), without importing the actor: a sender needs only the broker."""
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=actor_name, actor_name=actor_name, args=(ids,), kwargs={}, options={})
+    setup_broker().enqueue(message, delay=delay_ms or None)

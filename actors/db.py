@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncpg
 
-from actors.broker import settings
 from actors.lazy import PerProcess
 from config.database import create_pool
+from config.settings import current
 
 _pool: PerProcess[asyncpg.Pool] = PerProcess(
-    lambda: create_pool(settings.database_url, min_size=1, max_size=10))
+    lambda: create_pool(current().database_url, min_size=1, max_size=10))
 
 
 async def get_pool() -> asyncpg.Pool:

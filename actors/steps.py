@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import dramatiq
 import structlog
 
 from actors.actions import ACTIONS, Done, Outcome, StepRun, Wait
-from actors.broker import settings
+from actors.broker import send
 from actors.db import get_pool
 from actors.http import get_session
 from actors.liveness import worker_instance
 from actors.retry_policy import RetryPolicy
 from actors.templates import as_records
 from config.errors import DeliveryUnknownError, HeraldConfigError, RateLimitedError, StepError
+from config.settings import current
 
 log = structlog.get_logger(__name__)
 
@@ -178,6 +178,7 @@ async def run_steps(step_ids: list[int], actor_name: str) -> None:
         return
     # Steps not started by the deadline go back to the queue, so that no step is
     # ever cut off by the actor's time limit in the middle of a provider call.
+    settings = current()
     deadline = time.monotonic() + max(settings.actor_time_limit_s - settings.http_timeout_s - 2.0,
                                        settings.actor_time_limit_s / 2)
     slots = _slots_of_this_process()
@@ -221,14 +222,13 @@ async def _send(follow_ups: list[FollowUp]) -> None:
 
 
 def _send_now(follow_ups: list[FollowUp]) -> None:
-    broker = dramatiq.get_broker()
     grouped: dict[tuple[str, int], list[int]] = {}
     for follow_up in follow_ups:
         delay_ms = int(follow_up.delay_s * 1000)
         if delay_ms <= MAX_QUEUE_DELAY_S * 1000:
             grouped.setdefault((ACTIONS[follow_up.action].actor, delay_ms), []).append(follow_up.step_id)
     for (actor_name, delay_ms), ids in grouped.items():
-        broker.get_actor(actor_name).send_with_options(args=(ids,), delay=delay_ms or None)
+        send(actor_name, ids, delay_ms=delay_ms)
 
 
 async def _run(pool: asyncpg.Pool, step: Mapping[str, Any],
@@ -240,7 +240,7 @@ async def _run(pool: asyncpg.Pool, step: Mapping[str, Any],
     """
     started = time.monotonic()
     action = ACTIONS[step["action"]]
-    run = StepRun(step, as_records(step["context"]), settings, pool, await get_session(), conn)
+    run = StepRun(step, as_records(step["context"]), current(), pool, await get_session(), conn)
     with structlog.contextvars.bound_contextvars(
         run_id=step["run_id"], step_id=step["id"], tenant_id=step["tenant_id"], action=step["action"]
     ):

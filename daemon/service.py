@@ -11,11 +11,10 @@ import asyncio
 import os
 import signal
 
-import dramatiq
 import structlog
 
-import actors  # noqa: F401  (sets up the broker and declares the actors)
 from actors.actions import ACTIONS
+from actors.broker import send, setup_broker
 from config.database import create_pool
 from config.settings import Settings
 from daemon.dispatcher import Dispatcher
@@ -29,10 +28,6 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
-def _send_to(actor_name: str, ids: list[int]) -> None:
-    dramatiq.get_broker().get_actor(actor_name).send(ids)
-
-
 async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> int:
     """Run the daemon's tasks until stopped; return the process's exit status.
 
@@ -41,15 +36,16 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> i
     stopped, and the daemon exits non-zero for its supervisor to restart it.
     """
     stop = stop or asyncio.Event()
+    setup_broker(settings)  # this process sends: match for new events, any actor for the sweeper
     _install_signal_handlers(stop)
     pool = await create_pool(settings.database_url, min_size=2, max_size=5)
     status = 0
     try:
         dispatcher = Dispatcher(
-            pool, lambda ids: _send_to("match", ids),
+            pool, lambda ids: send("match", ids),
             batch_size=settings.dispatch_batch_size, idle_s=settings.sweep_interval_s,
         )
-        sweeper = Sweeper(pool, _send_to, lease_s=settings.lease_s, interval_s=settings.sweep_interval_s,
+        sweeper = Sweeper(pool, send, lease_s=settings.lease_s, interval_s=settings.sweep_interval_s,
                           liveness_s=settings.liveness_s, abandoned_s=settings.actor_time_limit_s + 5,
                           actor_of=lambda action: ACTIONS[action].actor)
         heartbeat = Heartbeat(pool, interval_s=settings.heartbeat_interval_s)

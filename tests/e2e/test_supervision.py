@@ -268,6 +268,11 @@ async def test_kill_9_of_up_leaves_nothing_running_and_the_next_up_starts(
 async def test_psql_during_the_start_of_up_on_a_fresh_directory(ups: list[Up], tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     up = start_up(ups, tmp_path, "up", data_dir)
+
+    async def made() -> bool:  # before, psql refuses: no Herald lives there (yet)
+        return data_dir.exists()
+
+    await wait_until(made, timeout=30, interval=0.01, message="herald up to make its data directory")
     # One psql after the other for as long as herald up is starting: each either
     # waits for the servers herald up is starting, or finds them running.
     results = []
@@ -284,6 +289,7 @@ async def test_psql_during_the_start_of_up_on_a_fresh_directory(ups: list[Up], t
 
 async def test_up_takes_over_the_servers_a_psql_started(ups: list[Up], tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
+    data_dir.mkdir()  # named by the user: psql starts Herald's servers there
     layout = EmbeddedLayout.for_dir(data_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
     # This psql starts PostgreSQL itself, and ends only once herald up is using it.
@@ -316,11 +322,34 @@ async def test_up_takes_over_the_servers_a_psql_started(ups: list[Up], tmp_path:
     assert_stops_cleanly(up)
 
 
-async def test_up_gives_up_on_a_process_that_keeps_failing(ups: list[Up], tmp_path: Path) -> None:
+async def test_up_refuses_a_dashboard_port_in_use_before_starting_anything(ups: list[Up], tmp_path: Path) -> None:
     with socket.socket() as taken:  # another program holds the dashboard's port
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         up = start_up(ups, tmp_path, "up", tmp_path / "data", port=taken.getsockname()[1])
+
+        async def exited() -> bool:
+            return up.process.poll() is not None
+
+        await wait_until(exited, timeout=30, interval=0.1, message="herald up to refuse the port")
+        port = taken.getsockname()[1]
+    assert up.process.returncode == 1
+    assert f"herald: port {port} on 127.0.0.1 is in use" in up.log.read_text()
+    assert "embedded postgresql started" not in up.log.read_text()
+    assert not (tmp_path / "data" / "postgres").exists()
+
+
+async def test_up_gives_up_on_a_process_that_keeps_failing(ups: list[Up], tmp_path: Path) -> None:
+    up = start_up(ups, tmp_path, "up", tmp_path / "data")
+
+    async def servers_started() -> bool:
+        return "embedded postgresql started" in up.log.read_text()
+
+    # Past its port check, another program takes the dashboard's port.
+    await wait_until(servers_started, timeout=60, interval=0.05, message="herald up to start its servers")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", up.port))
+        taken.listen()
 
         async def exited() -> bool:
             return up.process.poll() is not None

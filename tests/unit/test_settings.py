@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-import actors  # noqa: F401  (declares the actors on the broker)
+import actors.worker  # noqa: F401  (sets up the broker and declares the actors on it)
 from actors.middleware.rate_limits import default_limit
 from actors.rate_limits import RateLimit
 from config.errors import HeraldConfigError
 from config.logging import configure_logging
 from config.settings import VARIABLES, Settings, current, parse_recipient_limit, redact_url, set_for_process
-from daemon.__main__ import COMMANDS, main
+from daemon.cli import command_names, main
 from daemon.supervisor import PROCESSES
 from tests.conftest import REPO
 
@@ -303,7 +303,7 @@ COMMAND_ARGS = {
 }
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("command", command_names())
 def test_every_command_stops_at_start_with_one_line(
     command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -341,3 +341,12 @@ def test_readme_documents_every_variable() -> None:
         family = "_".join(first[0].split("_")[:2])  # HERALD_SMTP for `_PORT` after `HERALD_SMTP_HOST`
         documented |= {name if name.startswith("HERALD_") else family + name for name in first}
     assert set(VARIABLES.values()) - documented == set()
+
+
+def test_an_installed_herald_refuses_to_share_its_import_names() -> None:
+    from daemon.cli.common import foreign_packages
+
+    assert foreign_packages({"daemon": ["herald"], "actors": ["herald"], "yaml": ["PyYAML"]}) == {}
+    assert foreign_packages({"daemon": ["herald", "python-daemon"], "config": ["Herald", "config"]}) == {
+        "daemon": ["python-daemon"], "config": ["config"]}
+    assert foreign_packages() == {}  # this environment: Herald's names are its own

@@ -12,7 +12,7 @@ import pytest
 from actors.triggers import parse_trigger
 from config.errors import WorkflowValidationError
 from config.settings import Settings
-from daemon.__main__ import cmd_workflows
+from daemon.cli.workflows import cmd_workflows
 
 
 def event(operation: str, type_: str, entity: str = "job", old: Any = None, new: Any = None) -> dict[str, Any]:
