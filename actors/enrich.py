@@ -1,5 +1,8 @@
 """enrich(run_ids): load the rows a run's templates need, snapshot them, start the run.
 
+A run's steps are those of the workflow version it recorded when it was created
+(``herald.runs.workflow_version``), whatever was saved since.
+
 The context (the event's row, its old and new values, and each declared
 relation such as the job's client and organization) is stored on the run, so
 every step, and any retry, renders from what the run saw.
@@ -29,8 +32,10 @@ from jinja2 import meta
 
 from actors import store
 from actors.actions import ACTIONS
+from actors.broker import send
 from actors.db import get_pool
 from actors.workflow import StepSpec, event_context, parse_workflow
+from config.errors import WorkflowValidationError
 
 log = structlog.get_logger(__name__)
 
@@ -46,10 +51,9 @@ async def enrich(run_ids: list[int]) -> None:
     pool = await get_pool()
     async with pool.acquire() as conn:
         first_steps = await enrich_runs(conn, run_ids)
-    broker = dramatiq.get_broker()
     for action, step_ids in first_steps.items():
         # Off the event loop: a slow Redis must not stall the other actors.
-        await asyncio.to_thread(broker.get_actor(ACTIONS[action].actor).send, step_ids)
+        await asyncio.to_thread(send, ACTIONS[action].actor, step_ids)
 
 
 async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str, list[int]]:
@@ -66,7 +70,12 @@ async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str,
         for run in runs:
             built = contexts[run["id"]]
             await conn.execute(store.SET_CONTEXT, run["id"], built.context)
-            spec = parse_workflow(run["definition"])
+            try:
+                spec = parse_workflow(run["definition"])
+            except WorkflowValidationError as exc:
+                # A version saved before a check it fails existed: the run fails, saying why.
+                refusals[run["id"]] = f"the workflow's version {run['workflow_version']} is invalid: {exc}"
+                continue
             blocked = _first_blocked_step(spec.steps, built.refused)
             if blocked is not None:
                 position, error = blocked
@@ -86,7 +95,7 @@ async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str,
                 first_steps[step["action"]].append(step["id"])
         for run_id, reason in refusals.items():
             await conn.execute(store.FAIL_RUN, run_id, reason)
-            log.warning("run failed: a step needs a relation that was not loaded", run_id=run_id, error=reason)
+            log.warning("run failed before its first step", run_id=run_id, error=reason)
     log.info("runs enriched", runs=len(runs), failed=len(refusals))
     return first_steps
 
@@ -167,16 +176,24 @@ async def _build_contexts(conn: asyncpg.Connection, runs: list[Any]) -> dict[int
             owner_column = owners[(relation["table"], tenant_column_of(run))]
             found = loaded.get((_target(relation), owner_column), {}).get(str(value))
             if found is None:
+                # Deleted since, or hidden from Herald's role by row-level security: a step
+                # that needs it fails saying so, not with "NoneType has no attribute 'email'".
+                built.refused[name] = (f"{name} {_shown(value)} not found in {relation['table']} (deleted, or hidden"
+                                       " from Herald's role by row-level security)")
                 continue
             related, tenant = found
             if owner_column is not None and tenant != run["event_tenant"]:
-                key = str(value) if len(str(value)) <= 64 else f"{str(value)[:64]}…"
-                built.refused[name] = f"{name} {key} belongs to another tenant"
+                built.refused[name] = f"{name} {_shown(value)} belongs to another tenant"
                 log.warning("related row of another tenant not loaded", run_id=run["id"], relation=name,
                             table=relation["table"], key=str(value), tenant_id=run["event_tenant"])
                 continue
             context[name] = related
     return contexts
+
+
+def _shown(value: Any) -> str:
+    """A related row's key as an error shows it: at most 64 characters."""
+    return str(value) if len(str(value)) <= 64 else f"{str(value)[:64]}…"
 
 
 def _first_blocked_step(steps: tuple[StepSpec, ...], refused: dict[str, str]) -> tuple[int, str] | None:

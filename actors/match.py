@@ -1,7 +1,9 @@
 """match(event_ids): which workflows each event runs, one run per (workflow, event).
 
 Every event records, for each active workflow of its tenant, whether it
-matched and why or why not. An event also cancels the delayed runs waiting
+matched and why or why not. Each run records the workflow's version it runs
+(``herald.runs.workflow_version``, see store.INSERT_RUNS): its steps are that
+version's, whatever is saved before it starts. An event also cancels the delayed runs waiting
 on the same record whose ``cancel_on`` names a trigger it fires.
 
 One event cannot take its batch down: the batch is matched in a savepoint and,
@@ -24,29 +26,36 @@ import dramatiq
 import structlog
 
 from actors import dedupe, store
-from actors.broker import settings
+from actors.broker import send
 from actors.db import get_pool
 from actors.triggers import parse_trigger
 from actors.workflow import WorkflowSpec, evaluate
 from actors.workflows_cache import CachedWorkflow, WorkflowCache
+from actors.lazy import PerProcess
 from config.errors import WorkflowValidationError
+from config.settings import current
 
 log = structlog.get_logger(__name__)
 
-_cache = WorkflowCache(settings.database_url)
+# Each worker process's cache of the tenants' workflows, made on first use.
+_cache: PerProcess[WorkflowCache] = PerProcess(lambda: _new_cache())
 
 
 @dramatiq.actor(queue_name="match", max_retries=5, min_backoff=500)
 async def match(event_ids: list[int]) -> None:
     pool = await get_pool()
     async with pool.acquire() as conn:
-        outcome = await match_events(conn, event_ids, _cache)
+        outcome = await match_events(conn, event_ids, await _cache.get())
     if outcome.events:
         log.info("events matched", events=outcome.events, failed=len(outcome.failed),
                  runs=len(outcome.started), skipped=outcome.skipped, cancelled=outcome.cancelled)
     if outcome.started:
         # Off the event loop: a slow Redis must not stall the other actors.
-        await asyncio.to_thread(dramatiq.get_broker().get_actor("enrich").send, outcome.started)
+        await asyncio.to_thread(send, "enrich", outcome.started)
+
+
+async def _new_cache() -> WorkflowCache:
+    return WorkflowCache(current().database_url)
 
 
 @dataclass

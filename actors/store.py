@@ -41,10 +41,13 @@ SET state = 'failed', matched_at = clock_timestamp(), match_report = $2
 WHERE id = $1
 """
 
+# Each run records the workflow's version it runs (its steps are that version's).
 INSERT_RUNS = """
 INSERT INTO herald.runs
-    (tenant_id, workflow_id, event_id, match_reason, dedupe_key, once_key, status, error, completed_at)
-SELECT t, w, e, m, d, o, s, x, CASE WHEN s = 'skipped' THEN clock_timestamp() END
+    (tenant_id, workflow_id, event_id, match_reason, dedupe_key, once_key, status, error, completed_at,
+     workflow_version)
+SELECT t, w, e, m, d, o, s, x, CASE WHEN s = 'skipped' THEN clock_timestamp() END,
+       (SELECT version FROM herald.workflows WHERE id = w)
 FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::jsonb[], $5::text[], $6::text[], $7::text[],
             $8::text[]) AS u(t, w, e, m, d, o, s, x)
 ON CONFLICT (workflow_id, event_id) DO NOTHING
@@ -100,13 +103,18 @@ WHERE id = $1 AND status = 'running'
 
 # -- enrich --------------------------------------------------------------------
 
+# The definition of the version the run recorded when it was created (runs from
+# before versions: the workflow's current one).
 CLAIM_RUNS = """
 UPDATE herald.runs r
 SET status = 'running', started_at = clock_timestamp(), updated_at = clock_timestamp()
 FROM herald.events e, herald.workflows w
 WHERE r.id = ANY($1::bigint[]) AND r.status = 'pending'
   AND e.id = r.event_id AND w.id = r.workflow_id
-RETURNING r.id, r.tenant_id, r.workflow_id, r.event_id, w.definition,
+RETURNING r.id, r.tenant_id, r.workflow_id, r.event_id, r.workflow_version,
+          coalesce((SELECT v.definition FROM herald.workflow_versions v
+                    WHERE v.workflow_id = r.workflow_id AND v.version = r.workflow_version),
+                   w.definition) AS definition,
           e.entity, e.table_name, e.row_id, e.operation, e.type, e.old, e.new, e.tenant_id AS event_tenant
 """
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from jinja2 import TemplateSyntaxError
 
 from actors.actions import get_action
 from actors.conditions import Condition, parse_condition
@@ -25,6 +28,7 @@ from actors.limits import (
 )
 from actors.rate_limits import RateLimit
 from actors.retry_policy import RetryPolicy
+from actors.templates import _compile as compile_template
 from actors.templates import from_single_braces
 from actors.triggers import Trigger, parse_trigger
 from config.errors import WorkflowValidationError
@@ -144,6 +148,34 @@ def _check_templates(value: Any, field: str) -> None:
             _check_templates(item, f"{field}[{i}]")
 
 
+def _strings(value: Any, field: str) -> Iterator[tuple[str, str]]:
+    """Every string of a step's configuration, with the field it is at."""
+    if isinstance(value, str):
+        yield field, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{field}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _strings(item, f"{field}[{i}]")
+
+
+def _check_template_syntax(config: dict[str, Any], field: str) -> None:
+    """Compile every template of a step as it will be rendered (single-brace CRM
+    templates after conversion), so a syntax error is refused when the workflow is
+    saved, naming the field and the line, instead of failing every run."""
+    for path, source in _strings(config, field):
+        if "{" not in source:  # every Jinja construct starts with a brace: plain text
+            continue
+        try:
+            compile_template(source, path == f"{field}.html")  # an email's HTML part is autoescaped
+        except TemplateSyntaxError as exc:
+            raise WorkflowValidationError(
+                path, f"template syntax error at line {exc.lineno}: {(exc.message or 'invalid').rstrip('.')}") from None
+        except RecursionError:
+            raise WorkflowValidationError(path, "template syntax error: nested too deeply") from None
+
+
 def _field_service_steps(raw: Any) -> tuple[StepSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise WorkflowValidationError("steps", "must be a non-empty list")
@@ -160,6 +192,7 @@ def _field_service_steps(raw: Any) -> tuple[StepSpec, ...]:
         if not isinstance(config, dict):
             raise WorkflowValidationError(f"{field}.config", "must be an object")
         _check_templates(config, f"{field}.config")
+        _check_template_syntax(config, f"{field}.config")
         action_name = "delay" if step_type == "delay" else config.get("actionType")
         action = get_action(action_name, f"{field}.config.actionType")
         action.validate(config, f"{field}.config")
@@ -185,6 +218,7 @@ def _rule_actions(raw: Any) -> tuple[StepSpec, ...]:
         _check_templates(args, f"{field}.args")
         # The CRM rules write templates with single braces: {appointment.patientId}.
         args = _single_braces(args)
+        _check_template_syntax(args, f"{field}.args")
         action.validate(args, f"{field}.args")
         steps.append(StepSpec(str(item.get("id") or f"action-{i + 1}"), action.name, args))
     _check_unique_keys(steps, "actions")

@@ -1,20 +1,26 @@
 """Manual triggers: fire an event with a given payload (`herald trigger`, the dashboard).
 
 The event runs the tenant's workflows whose trigger has exactly this name
-(or only ``workflow_id``), with the payload as the entity's row. When the
+(or only the one ``workflow_id`` names), with the payload as the entity's row
+(the event's ``new``; ``old`` is empty, so a condition on ``new_status`` reads
+the payload's ``status``). When the
 entity's table is watched, its relations are loaded as for a real change
 (a name like ``work_order_status_changed`` is read against the watched entities).
 
 Input is checked before anything is written: PostgreSQL refuses a NUL
 character in text and jsonb, and an unpaired surrogate is no Unicode it can
 store, so either is refused here with the place it was found, as is a
-``workflow_id`` that is not one of the tenant's workflows.
+``workflow_id`` that is not one of the tenant's workflows. Once fired,
+:func:`wait_for_outcome` says what matching made of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -25,8 +31,6 @@ from config.errors import HeraldConfigError, WorkflowValidationError
 TABLE_OF_ENTITY = "SELECT table_name FROM herald.watched_tables WHERE entity = $1"
 
 WATCHED_ENTITIES = "SELECT entity FROM herald.watched_tables ORDER BY entity"
-
-WORKFLOW_OF_TENANT = "SELECT 1 FROM herald.workflows WHERE id = $1 AND tenant_id = $2"
 
 INSERT_EVENT = """
 INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, new, workflow_id)
@@ -84,11 +88,11 @@ async def watched_entities(conn: asyncpg.Connection) -> list[str]:
 
 
 def check_workflow_id(workflow_id: str, what: str = "--workflow") -> str:
-    """A workflow id is a UUID (as ``herald workflows export`` shows it)."""
+    """A workflow's uuid (as ``herald workflows list`` shows it), normalised."""
     try:
         return str(uuid.UUID(workflow_id))
     except ValueError:
-        raise HeraldConfigError(f"{what} must be a workflow id, a UUID as `herald workflows export`"
+        raise HeraldConfigError(f"{what} must be a workflow id, a UUID as `herald workflows list`"
                                 f" shows (got {workflow_id[:60]!r})") from None
 
 
@@ -98,9 +102,13 @@ async def fire_event(
 ) -> int:
     """Write a MANUAL event to the outbox (and NOTIFY at commit); return its id.
 
-    Raises HeraldConfigError for an unknown trigger name, a payload PostgreSQL
-    cannot store, or a ``workflow_id`` that is not one of the tenant's workflows.
+    ``workflow_id``: run only this workflow of the tenant, named by its document's
+    ``id``, its name or its uuid. Raises HeraldConfigError for an unknown trigger
+    name, a payload PostgreSQL cannot store, or a workflow the tenant has not (or
+    has disabled).
     """
+    from daemon.workflows import describe, find_workflow
+
     check_text(tenant_id, "the tenant")
     check_text(trigger_type, "the trigger")
     check_storable(payload, "the payload")
@@ -111,15 +119,84 @@ async def fire_event(
             entity = parse_trigger(trigger_type, "trigger", entities=await watched_entities(conn)).entity
     except WorkflowValidationError as exc:
         raise HeraldConfigError(exc.message) from None
+    target = None
     if workflow_id is not None:
-        workflow_id = check_workflow_id(workflow_id)
-        if await conn.fetchval(WORKFLOW_OF_TENANT, uuid.UUID(workflow_id), tenant_id) is None:
-            raise HeraldConfigError(f"--workflow {workflow_id}: tenant {tenant_id} has no such workflow")
+        workflow = await find_workflow(conn, tenant_id, workflow_id, "--workflow")
+        if not workflow["is_active"]:
+            raise HeraldConfigError(f"--workflow {workflow_id[:80]!r}: workflow {describe(workflow)} of tenant"
+                                    f" {tenant_id} is disabled (herald workflows enable)")
+        target = workflow["id"]
     table = await conn.fetchval(TABLE_OF_ENTITY, entity) or "manual"
     row_id = payload.get("id")
     async with conn.transaction():
         event_id = await conn.fetchval(
             INSERT_EVENT, tenant_id, entity, table, None if row_id is None else str(row_id),
-            trigger_type, payload, workflow_id)
+            trigger_type, payload, target)
         await conn.execute("SELECT pg_notify('herald_events', $1)", str(event_id))
     return int(event_id)
+
+
+# -- what became of a fired event ------------------------------------------------
+
+EVENT_STATE = "SELECT state, match_report FROM herald.events WHERE id = $1"
+
+EVENT_RUNS = "SELECT id, workflow_id, status, error FROM herald.runs WHERE event_id = $1"
+
+
+@dataclass(frozen=True)
+class WorkflowVerdict:
+    """One workflow of the event's tenant: whether the event ran it (its run), or why not."""
+
+    workflow: str
+    workflow_id: str
+    matched: bool
+    reason: str
+    run_id: int | None = None
+    run_status: str | None = None
+    run_error: str | None = None
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    """Where an event is: waiting to be matched (pending, dispatched), matched, or
+    failed (``error``), with each workflow's verdict once matched."""
+
+    event_id: int
+    state: str
+    verdicts: list[WorkflowVerdict] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def waiting(self) -> bool:
+        return self.state in ("pending", "dispatched")
+
+
+async def event_outcome(conn: asyncpg.Connection, event_id: int) -> EventOutcome:
+    """What matching made of an event so far (see ``herald.events.match_report``)."""
+    row = await conn.fetchrow(EVENT_STATE, event_id)
+    if row is None:
+        raise HeraldConfigError(f"event {event_id} does not exist")
+    report = row["match_report"] or {}
+    if row["state"] != "matched":
+        return EventOutcome(event_id, row["state"], error=report.get("error"))
+    runs = {str(run["workflow_id"]): run for run in await conn.fetch(EVENT_RUNS, event_id)}
+    verdicts = []
+    for item in report.get("workflows", []):
+        run = runs.get(item["workflow_id"]) if item.get("matched") else None
+        verdicts.append(WorkflowVerdict(
+            item.get("workflow", "?"), item["workflow_id"], bool(item.get("matched")), item.get("reason", ""),
+            None if run is None else run["id"], None if run is None else run["status"],
+            None if run is None else run["error"]))
+    return EventOutcome(event_id, row["state"], verdicts)
+
+
+async def wait_for_outcome(
+    conn: asyncpg.Connection, event_id: int, *, timeout_s: float, poll_s: float = 0.1,
+) -> EventOutcome:
+    """The event's outcome once a worker has matched it, or as it is after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        outcome = await event_outcome(conn, event_id)
+        if not outcome.waiting or time.monotonic() >= deadline:
+            return outcome
+        await asyncio.sleep(poll_s)

@@ -82,9 +82,9 @@ async def test_herald_trigger_refuses_bad_input_in_one_line(
         (("--payload", write(tmp_path / "huge.json", '{"id": 1e999}')), ("out of range",)),
         (("--payload", write(tmp_path / "nan.json", '{"id": NaN}')), ("NaN",)),
         (("--payload", write(tmp_path / "deep.json", "[" * 100_000 + "]" * 100_000)), ("nested too deeply",)),
-        (("--payload", good, "--workflow", "not-a-uuid"), ("--workflow must be a workflow id",)),
-        (("--payload", good, "--workflow", str(uuid.uuid4())), ("tenant 1 has no such workflow",)),
-        (("--payload", good, "--workflow", other_tenants), ("tenant 1 has no such workflow",)),  # tenant 2's
+        (("--payload", good, "--workflow", "not-a-uuid"), ("tenant 1 has no workflow with that id, name or uuid",)),
+        (("--payload", good, "--workflow", str(uuid.uuid4())), ("tenant 1 has no workflow with that id",)),
+        (("--payload", good, "--workflow", other_tenants), ("tenant 1 has no workflow with that id",)),  # tenant 2's
         (("--payload", good, "--tenant", b"\xff"), ("--tenant", "unpaired surrogate")),  # the last --tenant wins
     ]
     for extra, words in cases:
@@ -100,11 +100,11 @@ async def test_herald_retry_refuses_bad_input_in_one_line(herald: Any) -> None:
     assert_one_line_error(herald("retry", "99999999999999999999"), "run id must be from 1 to 9223372036854775807")
     assert_one_line_error(herald("retry", str(2**63)), "run id must be from 1")
     assert_one_line_error(herald("retry", "0"), "run id must be from 1")
-    assert_one_line_error(herald("retry", "--failed", "--workflow", "nope"), "--workflow must be a workflow id")
+    assert_one_line_error(herald("retry", "--failed", "--workflow", "nope"), "give --tenant to find a workflow")
     assert_one_line_error(herald("retry", "--failed", "--tenant", b"\xfe"), "--tenant", "unpaired surrogate")
     # In range but no such run: the usual answer, no traceback.
     missing = herald("retry", str(2**63 - 1))
-    assert missing.returncode == 1 and "not retried" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
 async def test_herald_workflows_refuse_bad_files_in_one_line(
@@ -137,8 +137,29 @@ async def test_herald_rate_limit_is_bounded(herald: Any, conn: asyncpg.Connectio
     ]:
         assert_one_line_error(herald("rate-limit", "--tenant", "1", *args), *words)
     assert await conn.fetchval("SELECT count(*) FROM herald.tenant_settings") == 0
+    assert_one_line_error(herald("rate-limit", "--tenant", "1", "--per-recipient", "5"), "no tenant '1'")
+    await load_demo(conn)  # tenants 1 and 2, with workflows
     ok = herald("rate-limit", "--tenant", "1", "--per-recipient", "1000000", "--window", "1d")
     assert ok.returncode == 0, ok.stderr
+
+
+async def test_herald_rate_limit_shows_sets_and_resets_in_plain_words(herald: Any, conn: asyncpg.Connection) -> None:
+    await load_demo(conn)
+
+    def said(*args: str) -> str:
+        done = herald("rate-limit", "--tenant", "2", *args)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    default = "the default (5/1h, HERALD_RECIPIENT_LIMIT): at most 5 messages per channel per recipient per 1h"
+    assert said() == f"tenant 2: no limit of its own; {default}, then wait for the window to allow it"
+    assert said("--per-recipient", "0") == "tenant 2: no limit on messages per recipient"
+    assert said().startswith("tenant 2: no limit on messages per recipient (its own limit; the default")
+    assert said("--per-recipient", "1", "--window", "1d", "--over-limit", "skip") == (
+        "tenant 2: at most 1 message per channel per recipient per 1d, then skip the message")
+    assert said("--reset").startswith(f"tenant 2: its own limit removed; {default}")
+    assert said("--reset").startswith("tenant 2: had no limit of its own;")
+    assert await conn.fetchval("SELECT rate_limit FROM herald.tenant_settings WHERE tenant_id = '2'") is None
 
 
 async def test_an_out_of_range_stored_limit_fails_the_step_with_a_reason_not_forever_sending(

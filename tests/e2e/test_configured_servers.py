@@ -66,8 +66,10 @@ async def test_workflows_commands_validate_import_warn_and_export(
     typo.write_text(json.dumps({"id": "typo", "name": "Typo", "trigger_type": "job_completed", "steps": [
         {"type": "action", "config": {"actionType": "sms", "message": "{{job.titel}}",
                                       "recipient": "{{client.phone}}"}}]}))
-    imported = herald("workflows", "import", str(typo), "--tenant", "1")
+    refused = herald("workflows", "import", str(typo), "--tenant", "1")
+    assert refused.returncode == 2 and "steps[0].config.message: job has no column 'titel'" in refused.stderr
+    imported = herald("workflows", "import", str(typo), "--tenant", "1", "--force")
     assert imported.returncode == 0 and "imported as" in imported.stdout
-    assert "steps[0].message: job has no column 'titel' (public.jobs)" in imported.stderr
+    assert "steps[0].config.message: job has no column 'titel' (public.jobs)" in imported.stderr
     exported = json.loads(herald("workflows", "export", "--tenant", "1").stdout)
     assert sorted(w["definition"]["name"] for w in exported) == ["Job Completed", "Typo"]

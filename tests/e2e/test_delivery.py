@@ -204,7 +204,8 @@ async def test_herald_retry_sends_a_failed_run_again(
     assert run["status"] == "failed"
     http.answer("/v2/messages", Answer(200, {"data": {"id": "m-retried"}}))  # support fixed the number
     retried = subprocess.run(
-        [sys.executable, "-m", "daemon", "retry", str(run["id"]), "--reason", "number provisioned", "--by", "ana"],
+        [sys.executable, "-m", "daemon", "retry", str(run["id"]), "--reason", "number provisioned", "--by", "ana",
+         "--force"],  # a permanent refusal, the workflow unchanged: --force says it was fixed elsewhere
         env=herald.env, capture_output=True, text=True, timeout=60)
     assert retried.returncode == 0 and "retrying" in retried.stdout, retried.stderr
 
@@ -218,7 +219,7 @@ async def test_herald_retry_sends_a_failed_run_again(
     assert (audit["requested_by"], audit["reason"]) == ("ana", "number provisioned")
     again = subprocess.run([sys.executable, "-m", "daemon", "retry", str(run["id"])], env=herald.env,
                            capture_output=True, text=True, timeout=60)
-    assert again.returncode == 1 and "not retried" in again.stderr
+    assert again.returncode == 1 and "is completed, not failed" in again.stderr
 
 
 async def complete_jobs_for_one_client(conn: asyncpg.Connection, tenant: str, workflow: dict[str, Any],

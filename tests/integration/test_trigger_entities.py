@@ -25,7 +25,7 @@ STATUS_CHANGED = {"id": "wo-status", "name": "work order status", "trigger_type"
                   "steps": [{"id": "sms", "type": "action", "config": {
                       "actionType": "sms", "recipient": "+15550101001",
                       "message": "Order {{work_order.id}}: {{work_order.statuss}}"}}]}
-TYPO = "steps[0].message: work_order has no column 'statuss' (crm.work_orders)"
+TYPO = "steps[0].config.message: work_order has no column 'statuss' (crm.work_orders)"
 
 
 async def test_saving_reads_the_trigger_against_the_watched_tables(conn: asyncpg.Connection) -> None:
@@ -38,14 +38,14 @@ async def test_saving_reads_the_trigger_against_the_watched_tables(conn: asyncpg
                                " which no watched table has (watched: none)"]
 
     await watch_table(conn, "crm.work_orders", tenant_column="shop")
-    after = await save_workflow(conn, "s1", STATUS_CHANGED)
+    after = await save_workflow(conn, "s1", STATUS_CHANGED, force=True)  # the typo: refused unless forced
     assert after.workflow_id == before.workflow_id  # the same document: updated in place
     assert (after.spec.trigger.entity, after.spec.trigger.field, after.spec.trigger.resolved) == (
         "work_order", "status", True)
     assert after.spec.trigger.describe() == "entity work_order, field status"
     # The templates are checked against the resolved entity's table.
     assert after.warnings == [TYPO]
-    assert await import_workflow(conn, "s1", STATUS_CHANGED) == after.workflow_id
+    assert await import_workflow(conn, "s1", STATUS_CHANGED, force=True) == after.workflow_id
 
 
 async def test_an_entity_nothing_watches_is_named_with_what_is_watched(conn: asyncpg.Connection) -> None:
@@ -73,7 +73,7 @@ async def test_status_changes_of_work_orders_run_the_workflow_and_other_changes_
 ) -> None:
     await conn.execute(WORK_ORDERS)
     await watch_table(conn, "crm.work_orders", tenant_column="shop")
-    await import_workflow(conn, "s1", STATUS_CHANGED)
+    await import_workflow(conn, "s1", STATUS_CHANGED, force=True)
 
     outcome, reason = await matched(
         conn, pool, cache, "INSERT INTO crm.work_orders VALUES (1, 's1', 'new', 'call first')")
