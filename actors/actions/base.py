@@ -56,8 +56,18 @@ class StepRun:
     # the others (which call a provider) hold none and use ``pool`` briefly.
     conn: asyncpg.Connection | None = None
     rendered: dict[str, Any] = field(default_factory=dict)
+    # Preview (`herald test`, `herald workflows test`): render and check everything
+    # as for real, then return what would be sent or written instead of doing it.
+    # Nothing reaches a provider, the network or the messages table; records
+    # actions read the target table's columns (when ``conn`` is given) and write nothing.
+    preview: bool = False
+    # The time the step runs at (a preview's event time); None: now.
+    clock: dt.datetime | None = None
     # Seconds this step's templates have taken so far (STEP_TEMPLATES_TIME_LIMIT_S in all).
     render_seconds: float = field(default=0.0, init=False)
+
+    def now(self) -> dt.datetime:
+        return self.clock or dt.datetime.now(dt.UTC)
 
     @property
     def config(self) -> dict[str, Any]:

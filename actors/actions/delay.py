@@ -44,7 +44,7 @@ class _Delay(Action):
     async def execute(self, run: StepRun) -> Outcome:
         if run.step["wake_at"] is not None:
             return Done({"waited_until": run.step["wake_at"].isoformat()})
-        now = dt.datetime.now(dt.UTC)
+        now = run.now()
         until = self.wake_at(run, now)
         run.rendered["until"] = until.isoformat()
         return Done({"waited_until": None}) if until <= now else Wait(until)

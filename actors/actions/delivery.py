@@ -57,6 +57,8 @@ async def deliver(
     outcome is sent again with the same key, within the retry budget, rather
     than parked for a person.
     """
+    if run.preview:
+        return preview(message)
     step = run.step
     async with run.pool.acquire() as conn:
         message_id = None
@@ -99,6 +101,14 @@ async def deliver(
     await _set_status(run, message_id, result.status, result.provider_message_id)
     return Done({"status": result.status, "provider_message_id": result.provider_message_id,
                  **result.response})
+
+
+def preview(message: OutboundMessage) -> Done:
+    """What a step in preview mode answers instead of sending: the message it would
+    hand to the provider. Nothing is recorded and no provider is called."""
+    return Done({"preview": True, "channel": message.channel, "recipient": message.recipient,
+                 **({"subject": message.subject} if message.subject is not None else {}),
+                 "body": message.body, **({"html_body": message.html_body} if message.html_body is not None else {})})
 
 
 async def _set_status(run: StepRun, message_id: int, status: str, provider_message_id: str | None = None) -> None:

@@ -44,6 +44,8 @@ class _Draft(Action):
         for key, value in run.config.items():
             if key not in ("actionType", "recipient", "to", "subject", "message", "body", "text"):
                 run.rendered[key] = run.render_object(value, key)
+        if run.preview:  # rendered, not stored
+            return Done({"preview": True, "recipient": recipient})
         step = run.step
         draft_id = await run.conn.fetchval(
             INSERT_DRAFT, step["tenant_id"], step["run_id"], step["id"], self.channel,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from actors.actions.base import Action, Done, Param, StepRun, register, require
-from actors.actions.delivery import deliver
+from actors.actions.delivery import deliver, preview
 from actors.providers import OutboundMessage, get_provider
 from actors.recipients import validate_email, validate_phone
 
@@ -27,6 +27,8 @@ class Email(Action):
             "email", recipient, run.render(MESSAGE) or "", run.idempotency_key,
             subject=run.render(SUBJECT), html_body=run.render(HTML, html=True),
         )
+        if run.preview:  # never reaches a provider
+            return preview(message)
         provider = get_provider(run.settings.email_provider, run.settings, run.session)
         return await deliver(run, message, provider.name, provider.send, idempotent=provider.idempotent,
                              limit=run.rate_limit(self.actor))
@@ -43,6 +45,8 @@ class Sms(Action):
     async def execute(self, run: StepRun) -> Done:
         recipient = validate_phone(require(run.render(RECIPIENT), f"recipient {run.param(RECIPIENT)}"))
         message = OutboundMessage("sms", recipient, run.render(MESSAGE) or "", run.idempotency_key)
+        if run.preview:  # never reaches a provider
+            return preview(message)
         provider = get_provider(run.settings.sms_provider, run.settings, run.session)
         return await deliver(run, message, provider.name, provider.send, idempotent=provider.idempotent,
                              limit=run.rate_limit(self.actor))

@@ -51,6 +51,11 @@ class _CreateRow(Action):
     async def execute(self, run: StepRun) -> Done:
         step = run.step
         target = (step["action_targets"] or {}).get(self.name)
+        if run.preview and run.conn is None:
+            # No database to read the table from: the row is the keys as written, rendered.
+            row = {key: run.render_object(value, key) for key, value in run.config.items() if key not in NOT_COLUMNS}
+            run.rendered.update(row)
+            return Done({"preview": True, "table": target, "row": row})
         if not target:
             raise StepError(
                 f"no table is configured for {self.name} on {step['table_name']}; run"
@@ -72,6 +77,9 @@ class _CreateRow(Action):
                 f"{target}.{unfilled.name} ({unfilled.type}) has no default and Herald cannot make up"
                 f" its value: give it a default (an identity or a sequence) or set {unfilled.name} in the step")
         names, expressions, args = _expressions(shape, values, fills)
+        if run.preview:
+            await _check_row(run.conn, shape, names, expressions, args, "the row")
+            return Done({"preview": True, "table": target, "row": values, "filled": fills})
         key = shape.primary_key
         returning = f" RETURNING {quote_ident(key)}::text" if key else ""
         sql = (f"INSERT INTO {quote_qualified(target)} ({', '.join(map(quote_ident, names))})"
@@ -117,6 +125,26 @@ def _expressions(
     return names, expressions, args
 
 
+async def _check_row(conn: asyncpg.Connection, shape: TableShape, names: list[str], expressions: list[str],
+                     args: list[str | None], what: str) -> None:
+    """For a preview: cast every value to its column's type as the write would, in a
+    SELECT that writes nothing; a value the column cannot hold fails the step as the
+    write would. An insert also needs every NOT NULL column without a default."""
+    if what == "the row":
+        missing = [c.name for c in shape.columns.values() if c.not_null and not c.has_default
+                   and not c.generated and c.name not in names]
+        if missing:
+            raise StepError(f'{shape.table} would refuse {what}: null value in column "{missing[0]}"'
+                            " (NOT NULL, no default, not set by the step)")
+    if not expressions:
+        return
+    try:
+        async with conn.transaction():  # a savepoint: a refused cast leaves the caller's transaction usable
+            await conn.fetchrow(f"SELECT {', '.join(expressions)}", *args)
+    except asyncpg.DataError as exc:
+        raise StepError(f"{shape.table} would refuse {what}: {exc}") from None
+
+
 @register
 class CreateTask(_CreateRow):
     name = "create_task"
@@ -148,6 +176,12 @@ class UpdateRecord(Action):
     async def execute(self, run: StepRun) -> Done:
         step = run.step
         table = step["table_name"]
+        if run.preview and run.conn is None:
+            # No database to read the table from: the fields as written, rendered.
+            fields = {key: run.render_object(value, f"fields.{key}")
+                      for key, value in dict(run.param(FIELDS)).items()}
+            run.rendered["fields"] = fields
+            return Done({"preview": True, "table": table, "fields": fields})
         shape = await table_shape(run.conn, table)
         fields = _by_column(shape, {
             key: run.render_object(value, f"fields.{key}") for key, value in dict(run.param(FIELDS)).items()
@@ -163,6 +197,9 @@ class UpdateRecord(Action):
         run.rendered["fields"] = fields
         fills = shape.update_fills(step.get("fills") or {}, fields)
         names, expressions, args = _expressions(shape, fields, fills)
+        if run.preview:
+            await _check_row(run.conn, shape, names, expressions, args, "the update")
+            return Done({"preview": True, "table": table, "fields": fields, "filled": fills})
         assignments = ", ".join(f"{quote_ident(n)} = {e}" for n, e in zip(names, expressions))
         where = []
         for column_name, value in ((step["id_column"], step["row_id"]), (step["tenant_column"], step["tenant_id"])):

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from actors.actions.base import Action, Done, Param, StepRun, register, require
 from actors.actions.delivery import deliver
+from actors.netguard import vet_url
 from actors.providers import OutboundMessage, ProviderResult
 from actors.providers.webhook import deliver_webhook
 from config.errors import WorkflowValidationError
@@ -49,4 +50,7 @@ class Webhook(Action):
                                          idempotency_key=message.idempotency_key)
 
         message = OutboundMessage("webhook", url, body, run.idempotency_key)
+        if run.preview:  # never reaches the network; the URL is judged as a send would judge it
+            vet_url(url, run.settings)
+            return Done({"preview": True, "channel": "webhook", "url": url, "payload": payload})
         return await deliver(run, message, "webhook", send, idempotent=run.param(RECEIVER_DEDUPLICATES) is True)
