@@ -21,7 +21,7 @@ from dramatiq.middleware.asyncio import AsyncIO
 from actors.middleware.heartbeat import WorkerHeartbeat
 from actors.middleware.lifecycle import WorkerLifecycle
 from actors.middleware.rate_limits import RecipientRateLimits
-from actors.rate_limits import RateLimit
+from actors.rate_limits import default_rate_limit
 from config.settings import Settings, current
 
 # Wake-up tokens kept per queue; enough for every idle consumer of a queue.
@@ -93,7 +93,7 @@ def make_broker(settings: Settings) -> WakingRedisBroker:
             middleware.time_limit = int(settings.actor_time_limit_s * 1000)
     broker.add_middleware(AsyncIO())
     broker.add_middleware(WakeConsumers())
-    broker.add_middleware(RecipientRateLimits(RateLimit.parse_default(settings.recipient_limit)))
+    broker.add_middleware(RecipientRateLimits(default_rate_limit(settings.recipient_limit)))
     broker.add_middleware(WorkerHeartbeat(settings.database_url, settings.heartbeat_interval_s))
     broker.add_middleware(WorkerLifecycle.from_settings(settings))
     return broker

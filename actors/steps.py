@@ -26,9 +26,14 @@ from actors.broker import send
 from actors.db import get_pool
 from actors.http import get_session
 from actors.liveness import worker_instance
-from actors.retry_policy import RetryPolicy
-from actors.templates import as_records
-from config.errors import DeliveryUnknownError, HeraldConfigError, RateLimitedError, StepError
+from actors.model.retry_policy import RetryPolicy
+from actors.model.templates import as_records
+from config.errors import (
+    DeliveryUnknownError,
+    HeraldConfigError,
+    RateLimitedError,
+    StepError,
+)
 from config.settings import current
 
 log = structlog.get_logger(__name__)
@@ -88,11 +93,19 @@ WHERE id = $1
 
 NEXT_STEP = "SELECT id, action FROM herald.steps WHERE run_id = $1 AND position = $2 AND status = 'pending'"
 
+# A run whose every step was skipped (a rate limit's "skip") sent and wrote
+# nothing: it ends *skipped*, saying why, not *completed*.
 RUN_COMPLETED = """
-UPDATE herald.runs
-SET status = 'completed', completed_at = clock_timestamp(), updated_at = clock_timestamp(),
-    execution_time_ms = (extract(epoch FROM clock_timestamp() - created_at) * 1000)::int
-WHERE id = $1 AND status = 'running'
+UPDATE herald.runs r
+SET status = CASE WHEN done.any THEN 'completed' ELSE 'skipped' END,
+    error = CASE WHEN done.any THEN NULL ELSE 'nothing sent: every step was skipped ('
+                 || coalesce(done.first_reason, 'no reason recorded') || ')' END,
+    completed_at = clock_timestamp(), updated_at = clock_timestamp(),
+    execution_time_ms = (extract(epoch FROM clock_timestamp() - r.created_at) * 1000)::int
+FROM (SELECT bool_or(s.status = 'sent') AS any,
+             (array_agg(s.error ORDER BY s.position) FILTER (WHERE s.status = 'skipped'))[1] AS first_reason
+      FROM herald.steps s WHERE s.run_id = $1) AS done
+WHERE r.id = $1 AND r.status = 'running'
 """
 
 RUN_FAILED = """

@@ -139,10 +139,11 @@ FROM unnest($1::text[], $2::text[], $3::text[]) AS u(t, q, c)
 SET_CONTEXT = "UPDATE herald.runs SET context = $2 WHERE id = $1"
 
 INSERT_STEPS = """
-INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, error, completed_at)
-SELECT r, t, p, k, a, c, s, x, CASE WHEN s <> 'pending' THEN clock_timestamp() END
+INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, error, completed_at,
+                          queue)
+SELECT r, t, p, k, a, c, s, x, CASE WHEN s <> 'pending' THEN clock_timestamp() END, q
 FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::jsonb[], $7::text[],
-            $8::text[]) AS u(r, t, p, k, a, c, s, x)
+            $8::text[], $9::text[]) AS u(r, t, p, k, a, c, s, x, q)
 ON CONFLICT (run_id, position) DO NOTHING
 RETURNING id, run_id, position, action, status
 """

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from actors.naming import AmbiguousName, column_for
+from actors.model.naming import AmbiguousName, column_for
 from config.database import quote_qualified
 from config.errors import StepError
 

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from actors.workflow import WorkflowSpec, parse_workflow
+from actors.model.workflow import WorkflowSpec, parse_workflow
 from config.database import connect
 from config.errors import HeraldDatabaseError, WorkflowValidationError
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
 import asyncpg
 
-from actors.naming import camel_to_snake
+from actors.model.naming import camel_to_snake
 from actors.tables import FILL_KINDS, TableShape, table_shape
 from config.database import quote_ident, quote_qualified
 from config.errors import HeraldConfigError, StepError

@@ -28,11 +28,11 @@ from typing import Any
 import asyncpg
 
 from actors.actions import ACTIONS, Done, StepRun, Wait
-from actors.enrich import _build_contexts, _first_blocked_step
-from actors.naming import AmbiguousName, column_for
+from actors.enriching import build_contexts, first_blocked_step
+from actors.model.naming import AmbiguousName, column_for
+from actors.model.templates import as_records
+from actors.model.workflow import WorkflowSpec, evaluate
 from actors.tables import table_shape
-from actors.templates import as_records
-from actors.workflow import WorkflowSpec, evaluate
 from config.database import quote_ident, quote_qualified
 from config.errors import HeraldConfigError, StepError
 from config.settings import Settings
@@ -334,12 +334,12 @@ async def _dry_run(
     verdict = evaluate(spec, event)
     # The context as enrich builds it: the same relation loading and tenant checks.
     run = {**event, "id": 0, "event_id": None, "event_tenant": tenant}
-    built = (await _build_contexts(conn, [run]))[0]
+    built = (await build_contexts(conn, [run]))[0]
     context = jsonable_context(built.context)
     steps: list[StepPreview] = []
     if verdict.matched:
         steps = await preview_steps(spec, context, event, target, settings=settings, conn=conn, clock=now,
-                                    blocked=_first_blocked_step(spec.steps, built.refused))
+                                    blocked=first_blocked_step(spec.steps, built.refused))
     return DryRun(spec.name, _jsonable(event), verdict.matched, verdict.reason, context, dict(built.refused), steps)
 
 

@@ -72,7 +72,7 @@ WITH stale AS (
 )
 UPDATE herald.steps s SET updated_at = clock_timestamp()
 FROM stale WHERE s.id = stale.id
-RETURNING s.id, s.action
+RETURNING s.id, s.queue
 """
 
 # Retries and delays that fell due: their delayed Dramatiq message normally
@@ -90,7 +90,7 @@ WITH due AS (
 )
 UPDATE herald.steps s SET updated_at = clock_timestamp()
 FROM due WHERE s.id = due.id
-RETURNING s.id, s.action
+RETURNING s.id, s.queue
 """
 
 # A step still *sending* that nobody is working on any more: its worker process
@@ -101,7 +101,7 @@ RETURNING s.id, s.action
 # the key (resend_safe), may be; one that may have reached a provider that
 # does not (sending, unknown) is parked for a person, never resent blindly.
 STUCK_STEPS = """
-SELECT s.id, s.action,
+SELECT s.id, s.queue,
        (m.id IS NULL OR m.status IN ('retrying', 'failed', 'sent', 'captured') OR m.resend_safe) AS resend
 FROM herald.steps s
 LEFT JOIN herald.heartbeats h ON h.instance = s.claimed_by

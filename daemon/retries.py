@@ -67,7 +67,7 @@ WHERE run_id = $1 AND status IN ('failed', 'skipped', 'unknown')
 RETURNING id, position, step_key, action, config
 """
 
-NEW_CONFIG = "UPDATE herald.steps SET action = $2, config = $3 WHERE id = $1"
+NEW_CONFIG = "UPDATE herald.steps SET action = $2, config = $3, queue = $4 WHERE id = $1"
 
 RUN_STEP_KEYS = "SELECT step_key FROM herald.steps WHERE run_id = $1"
 
@@ -82,7 +82,7 @@ WHERE step_id = ANY($1::bigint[]) AND status IN ('unknown', 'sending', 'failed')
 KEPT_STEPS = "SELECT count(*) FROM herald.steps WHERE run_id = $1 AND status = 'sent'"
 
 FIRST_PENDING = """
-SELECT id, action FROM herald.steps WHERE run_id = $1 AND status = 'pending' ORDER BY position LIMIT 1
+SELECT id, queue FROM herald.steps WHERE run_id = $1 AND status = 'pending' ORDER BY position LIMIT 1
 """
 
 AUDIT = """
@@ -108,7 +108,7 @@ WHERE r.status = 'failed'
 ORDER BY r.id
 """
 
-SendStep = Callable[[str, int], object]  # (action, step id)
+SendStep = Callable[[str, int], object]  # (the step's queue: its actor's name, step id)
 
 
 class RetryRefused(HeraldConfigError):
@@ -238,7 +238,7 @@ async def retry_one(
         await conn.execute(AUDIT, run["tenant_id"], run_id, requested_by, reason, len(reset), kept, version)
         first = await conn.fetchrow(FIRST_PENDING, run_id)
     if first is not None:
-        send_step(first["action"], first["id"])
+        send_step(first["queue"], first["id"])
     return Retried(run_id, len(reset), int(kept), version, run["workflow_version"], updated, kept_as_run)
 
 
@@ -247,7 +247,8 @@ async def _use_current_version(
 ) -> tuple[list[str], list[str]]:
     """Give each reset step the configuration of the current version's step with the
     same key (else at the same position); return the keys updated and those kept."""
-    from actors.workflow import parse_workflow
+    from actors.model.actions import SPECS
+    from actors.model.workflow import parse_workflow
 
     try:
         steps = parse_workflow(run["definition"]).steps
@@ -266,7 +267,7 @@ async def _use_current_version(
             continue
         # The key stays the run's: it makes the message's idempotency key, so an
         # unknown outcome is still sent again under the same key.
-        await conn.execute(NEW_CONFIG, row["id"], step.action, step.config)
+        await conn.execute(NEW_CONFIG, row["id"], step.action, step.config, SPECS[step.action].actor)
         updated.append(row["step_key"])
     return updated, kept
 

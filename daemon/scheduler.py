@@ -33,7 +33,7 @@ import asyncpg
 import structlog
 from croniter import croniter
 
-from actors.triggers import PRIVATE_SCHEMAS, TIME_TRIGGERS, Trigger, parse_trigger
+from actors.model.triggers import PRIVATE_SCHEMAS, TIME_TRIGGERS, Trigger, parse_trigger
 from config.database import DATABASE_ERRORS, connect, quote_ident, quote_qualified
 from config.errors import HeraldDatabaseError, WorkflowValidationError
 from daemon.loops import every

@@ -13,7 +13,6 @@ import signal
 
 import structlog
 
-from actors.actions import ACTIONS
 from actors.broker import send, setup_broker
 from config.database import create_pool
 from config.settings import Settings
@@ -46,8 +45,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> i
             batch_size=settings.dispatch_batch_size, idle_s=settings.sweep_interval_s,
         )
         sweeper = Sweeper(pool, send, lease_s=settings.lease_s, interval_s=settings.sweep_interval_s,
-                          liveness_s=settings.liveness_s, abandoned_s=settings.actor_time_limit_s + 5,
-                          actor_of=lambda action: ACTIONS[action].actor)
+                          liveness_s=settings.liveness_s, abandoned_s=settings.actor_time_limit_s + 5)
         heartbeat = Heartbeat(pool, interval_s=settings.heartbeat_interval_s)
         scheduler = Scheduler(settings.database_url, pool, interval_s=settings.sweep_interval_s)
         tasks = [

@@ -25,7 +25,7 @@ SendTo = Callable[[str, list[int]], object]  # (actor name, ids)
 
 
 class Sweeper:
-    """``actor_of`` maps a step's action to the actor that carries it out.
+    """Each step is sent to the actor its row names (``queue``).
 
     ``liveness_s``: a worker without a heartbeat for this long is gone, and
     the steps it was sending are settled at once. ``abandoned_s``: no actor
@@ -35,11 +35,10 @@ class Sweeper:
 
     def __init__(
         self, pool: asyncpg.Pool, send_to: SendTo, *, lease_s: float, interval_s: float,
-        liveness_s: float, abandoned_s: float, actor_of: Callable[[str], str] = lambda action: action,
+        liveness_s: float, abandoned_s: float,
     ) -> None:
         self.pool = pool
         self.send_to = send_to
-        self.actor_of = actor_of
         self.lease_s = lease_s
         self.interval_s = interval_s
         self.liveness_s = liveness_s
@@ -87,6 +86,6 @@ class Sweeper:
     async def _send_steps(self, rows: Sequence[asyncpg.Record]) -> None:
         by_actor: dict[str, list[int]] = defaultdict(list)
         for row in rows:
-            by_actor[self.actor_of(row["action"])].append(row["id"])
+            by_actor[row["queue"]].append(row["id"])
         for actor, ids in by_actor.items():
             await self._send(actor, ids)

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from actors.rate_limits import RateLimit
+from actors.model.rate_limits import RateLimit
 from daemon.triggering import check_text
 
 GET_RATE_LIMIT = "SELECT rate_limit FROM herald.tenant_settings WHERE tenant_id = $1"

@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from actors.triggers import TIME_TRIGGERS, parse_trigger
+from actors.model.triggers import TIME_TRIGGERS, parse_trigger
 from config.errors import HeraldConfigError, WorkflowValidationError
 
 TABLE_OF_ENTITY = "SELECT table_name FROM herald.watched_tables WHERE entity = $1"
@@ -83,7 +83,7 @@ def check_storable(value: Any, what: str) -> None:
 
 async def watched_entities(conn: asyncpg.Connection) -> list[str]:
     """The entities Herald watches, sorted: they decide how a trigger name like
-    ``work_order_status_changed`` is read (see :func:`actors.triggers.parse_trigger`)."""
+    ``work_order_status_changed`` is read (see :func:`actors.model.triggers.parse_trigger`)."""
     return [row["entity"] for row in await conn.fetch(WATCHED_ENTITIES)]
 
 

@@ -62,10 +62,16 @@ from typing import Any
 import asyncpg
 
 from actors.actions.records import _as_text
-from actors.durations import parse_duration
-from actors.naming import AmbiguousName, column_for
-from actors.triggers import TIME_TRIGGERS, parse_trigger
-from actors.workflow import StepSpec, WorkflowSpec, evaluate, event_context, parse_workflow
+from actors.model.durations import parse_duration
+from actors.model.naming import AmbiguousName, column_for
+from actors.model.triggers import TIME_TRIGGERS, parse_trigger
+from actors.model.workflow import (
+    StepSpec,
+    WorkflowSpec,
+    evaluate,
+    event_context,
+    parse_workflow,
+)
 from config.errors import HeraldConfigError, HeraldError, WorkflowValidationError
 from config.settings import Settings
 from daemon.dry_run import (

@@ -17,18 +17,17 @@ it, so its runs stay readable; importing its document again brings it back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
 
-from actors.actions.records import NOT_COLUMNS
-from actors.naming import AmbiguousName, column_for
+from actors.model.actions import NOT_COLUMNS
+from actors.model.naming import AmbiguousName, column_for
+from actors.model.templates import referenced_fields
+from actors.model.workflow import WorkflowSpec, parse_workflow, template_strings
 from actors.tables import TableShape, table_shape
-from actors.templates import referenced_fields
 from config.errors import HeraldConfigError, StepError, WorkflowValidationError
-from actors.workflow import StepSpec, WorkflowSpec, parse_workflow
 from daemon.scheduler import check_time_trigger
 from daemon.triggering import check_storable, check_text, watched_entities
 
@@ -60,8 +59,8 @@ ORDER BY created_at, id LIMIT 1
 """
 
 INSERT_WORKFLOW = """
-INSERT INTO herald.workflows (tenant_id, source_id, name, trigger_type, definition, is_active)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO herald.workflows (tenant_id, source_id, name, trigger_type, definition, is_active, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp())  -- a file of several keeps its order in lists and exports
 RETURNING id, version
 """
 
@@ -430,20 +429,6 @@ async def delete_workflow(conn: asyncpg.Connection, workflow: Any, *, force: boo
 # -- checks ----------------------------------------------------------------------
 
 
-def _templates(step: StepSpec, prefix: str) -> Iterator[tuple[str, str]]:
-    def walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
-        if isinstance(value, str):
-            yield path, value
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                yield from walk(item, f"{path}.{key}")
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                yield from walk(item, f"{path}[{i}]")
-
-    yield from walk(step.config, prefix)
-
-
 def _step_prefix(document: Any) -> str:
     """Where a step's configuration is in the document, as errors name it."""
     return "steps[{}].config" if isinstance(document, dict) and "steps" in document else "actions[{}].args"
@@ -469,7 +454,7 @@ async def template_warnings(
     prefix = _step_prefix(document if document is not None else {"steps": []})
     warnings = []
     for index, step in enumerate(spec.steps):
-        for path, source in _templates(step, prefix.format(index)):
+        for path, source in template_strings(step.config, prefix.format(index)):
             for name, attribute in sorted(referenced_fields(source)):
                 known = columns.get(name)
                 if known and not _names_a_column(attribute, known):

@@ -36,7 +36,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", aioredis.Redis)
 
 QUEUES = ("match", "enrich", "email", "sms", "webhook", "records")
-RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+RUN_STATUSES = ("pending", "running", "completed", "failed", "cancelled", "skipped")
 MAX_LIMIT = 500
 HEALTH_CHECKS = ("database", "redis", "daemon", "workers", "outbox", "queues", "dead_letters",
                  "stuck_steps")

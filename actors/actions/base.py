@@ -1,9 +1,9 @@
-"""What every action is: a schema for its configuration and a handler.
+"""What every action is: its spec (actors.model.actions: name, actor,
+parameters and their checks) and a handler.
 
-An action module defines one :class:`Action` subclass and registers it with
-:func:`register`; the package imports every module, so adding an action
-touches one module. ``actor`` names the Dramatiq actor (and queue) that
-carries the action out. ``atomic`` actions only write to PostgreSQL, so their
+An action module defines one :class:`Action` subclass of its spec and
+registers it with :func:`register`; the package imports every module.
+``actor`` names the Dramatiq actor (and queue) that carries the action out. ``atomic`` actions only write to PostgreSQL, so their
 effect commits in the same transaction as the step's status and can simply be
 run again if a worker dies; the others hand a message to a provider and are
 recorded *sending* before the call.
@@ -15,32 +15,18 @@ import datetime as dt
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import aiohttp
 import asyncpg
 
-from actors.limits import STEP_TEMPLATES_TIME_LIMIT_S
 from actors.middleware.rate_limits import default_limit
-from actors.rate_limits import RateLimit
-from actors.templates import render
-from config.errors import StepError, WorkflowValidationError
+from actors.model.actions import ActionSpec, Param
+from actors.model.limits import STEP_TEMPLATES_TIME_LIMIT_S
+from actors.model.rate_limits import RateLimit
+from actors.model.templates import render
+from config.errors import StepError
 from config.settings import Settings
-
-@dataclass(frozen=True)
-class Param:
-    """One configuration key. ``aliases`` are other spellings the seeds use."""
-
-    name: str
-    kind: str = "template"  # a template string, an object of templates, a list, a number, a boolean
-    required: bool = False
-    aliases: tuple[str, ...] = ()
-
-    def find(self, config: Mapping[str, Any]) -> tuple[str, Any] | None:
-        for key in (self.name, *self.aliases):
-            if key in config:
-                return key, config[key]
-        return None
 
 
 @dataclass
@@ -139,46 +125,11 @@ class Wait:
 Outcome = Done | Wait
 
 
-class Action:
-    """Base of every action: declare ``name``, ``actor``, ``params``; implement ``execute``."""
-
-    name: ClassVar[str]
-    actor: ClassVar[str]
-    atomic: ClassVar[bool] = False
-    params: ClassVar[tuple[Param, ...]] = ()
-
-    def validate(self, config: Mapping[str, Any], field: str) -> None:
-        """Check the configuration when the workflow is saved; errors name the key."""
-        for param in self.params:
-            found = param.find(config)
-            if found is None:
-                if param.required:
-                    names = " or ".join((param.name, *param.aliases))
-                    raise WorkflowValidationError(f"{field}.{param.name}", f"{self.name} needs {names}")
-                continue
-            key, value = found
-            _check_kind(param.kind, value, f"{field}.{key}")
-        self.check(config, field)
-
-    def check(self, config: Mapping[str, Any], field: str) -> None:
-        """Action-specific validation beyond the declared parameters."""
+class Action(ActionSpec):
+    """Base of every action: its spec's name, actor and parameters; implement ``execute``."""
 
     async def execute(self, run: StepRun) -> Outcome:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def _check_kind(kind: str, value: Any, field: str) -> None:
-    ok = {
-        "template": isinstance(value, str) and value.strip() != "",
-        "object": isinstance(value, dict),
-        "list": isinstance(value, list),
-        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "boolean": isinstance(value, bool),
-    }[kind]
-    if not ok:
-        expected = {"template": "a non-empty string", "object": "an object", "list": "a list",
-                    "number": "a number", "boolean": "true or false"}[kind]
-        raise WorkflowValidationError(field, f"must be {expected}")
 
 
 def require(value: str | None, what: str) -> str:

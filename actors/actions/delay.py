@@ -9,18 +9,12 @@ waiting run.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
-from actors.actions.base import Action, Done, Outcome, Param, StepRun, Wait, register
-from actors.durations import parse_duration
-from actors.triggers import parse_trigger
-from config.errors import StepError, WorkflowValidationError
+from actors.actions.base import Action, Done, Outcome, StepRun, Wait, register
+from actors.model.actions import UNTIL, DelaySecondsSpec, DelaySpec
+from actors.model.durations import parse_duration
+from config.errors import StepError
 
-DURATION = Param("duration")
-UNTIL = Param("until")
-OFFSET = Param("offset")
-CANCEL_ON = Param("cancel_on", kind="list")
-SECONDS = Param("seconds", kind="number", required=True)
 
 def _parse_time(text: str) -> dt.datetime:
     try:
@@ -31,13 +25,6 @@ def _parse_time(text: str) -> dt.datetime:
 
 
 class _Delay(Action):
-    actor = "records"
-    atomic = True
-
-    def check(self, config: dict[str, Any], field: str) -> None:  # type: ignore[override]
-        for trigger in config.get("cancel_on", []):
-            parse_trigger(trigger, f"{field}.cancel_on")
-
     def wake_at(self, run: StepRun, now: dt.datetime) -> dt.datetime:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -51,17 +38,8 @@ class _Delay(Action):
 
 
 @register
-class Delay(_Delay):
-    name = "delay"
-    params = (DURATION, UNTIL, OFFSET, CANCEL_ON)
-
-    def check(self, config: dict[str, Any], field: str) -> None:  # type: ignore[override]
-        if ("duration" in config) == ("until" in config):
-            raise WorkflowValidationError(field, "delay needs either duration or until")
-        for key in ("duration", "offset"):
-            if key in config:
-                parse_duration(config[key], f"{field}.{key}")
-        super().check(config, field)
+class Delay(DelaySpec, _Delay):
+    """A wait for a duration, or until a time from the context."""
 
     def wake_at(self, run: StepRun, now: dt.datetime) -> dt.datetime:
         config = run.config
@@ -72,11 +50,8 @@ class Delay(_Delay):
 
 
 @register
-class DelaySeconds(_Delay):
+class DelaySeconds(DelaySecondsSpec, _Delay):
     """The CRM rules' ``delay_seconds`` with ``seconds``."""
-
-    name = "delay_seconds"
-    params = (SECONDS, CANCEL_ON)
 
     def wake_at(self, run: StepRun, now: dt.datetime) -> dt.datetime:
         return now + dt.timedelta(seconds=float(run.config["seconds"]))

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from actors.actions.base import Done, StepRun
+from actors.model.rate_limits import RateLimit
 from actors.providers import OutboundMessage, ProviderResult
-from actors.rate_limits import RateLimit, admit
+from actors.rate_limits import admit
 from config.errors import DeliveryUnknownError, StepError
 
 EXISTING_ID = "SELECT id FROM herald.messages WHERE idempotency_key = $1"

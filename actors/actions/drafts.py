@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.actions.base import Action, Done, Param, StepRun, register
-
-SUBJECT = Param("subject")
-MESSAGE = Param("message", required=True, aliases=("body", "text"))
-RECIPIENT = Param("recipient", aliases=("to",))
+from actors.actions.base import Action, Done, StepRun, register
+from actors.model.actions import DRAFT_RECIPIENT as RECIPIENT
+from actors.model.actions import DRAFT_SUBJECT as SUBJECT
+from actors.model.actions import MESSAGE, DraftEmailSpec, DraftSmsSpec
 
 INSERT_DRAFT = """
 INSERT INTO herald.messages
@@ -31,8 +30,6 @@ def _recipient_from_context(context: dict[str, Any], column: str) -> str | None:
 
 
 class _Draft(Action):
-    atomic = True
-    actor = "records"
     channel: str
     contact_column: str
 
@@ -55,16 +52,12 @@ class _Draft(Action):
 
 
 @register
-class DraftEmail(_Draft):
-    name = "draft_email"
+class DraftEmail(DraftEmailSpec, _Draft):
     channel = "email"
     contact_column = "email"
-    params = (RECIPIENT, SUBJECT, MESSAGE)
 
 
 @register
-class DraftSms(_Draft):
-    name = "draft_sms"
+class DraftSms(DraftSmsSpec, _Draft):
     channel = "sms"
     contact_column = "phone"
-    params = (RECIPIENT, MESSAGE)

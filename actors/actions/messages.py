@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from actors.actions.base import Action, Done, Param, StepRun, register, require
+from actors.actions.base import Action, Done, StepRun, register, require
 from actors.actions.delivery import deliver, preview
+from actors.model.actions import HTML, MESSAGE, RECIPIENT, SUBJECT, EmailSpec, SmsSpec
 from actors.providers import OutboundMessage, get_provider
 from actors.recipients import validate_email, validate_phone
 
-RECIPIENT = Param("recipient", required=True, aliases=("to",))
-SUBJECT = Param("subject", required=True)
-MESSAGE = Param("message", required=True, aliases=("body", "text"))
-HTML = Param("html", aliases=("html_body",))
-
 
 @register
-class Email(Action):
+class Email(EmailSpec, Action):
     """An email, plain text with an optional HTML part (autoescaped)."""
-
-    name = "email"
-    actor = "email"
-    params = (RECIPIENT, SUBJECT, MESSAGE, HTML)
 
     async def execute(self, run: StepRun) -> Done:
         recipient = validate_email(require(run.render(RECIPIENT), f"recipient {run.param(RECIPIENT)}"))
@@ -35,12 +27,8 @@ class Email(Action):
 
 
 @register
-class Sms(Action):
+class Sms(SmsSpec, Action):
     """A text message."""
-
-    name = "sms"
-    actor = "sms"
-    params = (RECIPIENT, MESSAGE)
 
     async def execute(self, run: StepRun) -> Done:
         recipient = validate_phone(require(run.render(RECIPIENT), f"recipient {run.param(RECIPIENT)}"))

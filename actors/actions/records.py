@@ -17,13 +17,17 @@ from typing import Any
 
 import asyncpg
 
-from actors.actions.base import Action, Done, Param, StepRun, register
+from actors.actions.base import Action, Done, StepRun, register
+from actors.model.actions import (
+    FIELDS,
+    NOT_COLUMNS,
+    CreateNoteSpec,
+    CreateTaskSpec,
+    UpdateRecordSpec,
+)
 from actors.tables import TableShape, fill_value, table_shape
 from config.database import quote_ident, quote_qualified
-from config.errors import StepError, WorkflowValidationError
-
-# Keys of the step configuration that are not columns.
-NOT_COLUMNS = {"actionType"}
+from config.errors import StepError
 
 
 def _as_text(value: Any) -> str | None:
@@ -40,13 +44,7 @@ def _placeholder(index: int, column_type: str) -> str:
 
 
 class _CreateRow(Action):
-    atomic = True
-    actor = "records"
     target_option: str
-
-    def check(self, config: dict[str, Any], field: str) -> None:  # type: ignore[override]
-        if not [key for key in config if key not in NOT_COLUMNS]:
-            raise WorkflowValidationError(field, f"{self.name} needs at least one column value")
 
     async def execute(self, run: StepRun) -> Done:
         step = run.step
@@ -146,32 +144,18 @@ async def _check_row(conn: asyncpg.Connection, shape: TableShape, names: list[st
 
 
 @register
-class CreateTask(_CreateRow):
-    name = "create_task"
-    target_option = "--tasks-table"
+class CreateTask(CreateTaskSpec, _CreateRow):
+    """A row in the watched table's tasks table."""
 
 
 @register
-class CreateNote(_CreateRow):
-    name = "create_note"
-    target_option = "--notes-table"
-
-
-FIELDS = Param("fields", kind="object", required=True)
+class CreateNote(CreateNoteSpec, _CreateRow):
+    """A row in the watched table's notes table."""
 
 
 @register
-class UpdateRecord(Action):
+class UpdateRecord(UpdateRecordSpec, Action):
     """Change allowlisted columns of the row the event is about."""
-
-    name = "update_record"
-    actor = "records"
-    atomic = True
-    params = (FIELDS,)
-
-    def check(self, config: dict[str, Any], field: str) -> None:  # type: ignore[override]
-        if not config["fields"]:
-            raise WorkflowValidationError(f"{field}.fields", "must name at least one column")
 
     async def execute(self, run: StepRun) -> Done:
         step = run.step

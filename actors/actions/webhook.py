@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
-from actors.actions.base import Action, Done, Param, StepRun, register, require
+from actors.actions.base import Action, Done, StepRun, register, require
 from actors.actions.delivery import deliver
+from actors.model.actions import PAYLOAD, RECEIVER_DEDUPLICATES, URL, WebhookSpec
 from actors.netguard import vet_url
 from actors.providers import OutboundMessage, ProviderResult
 from actors.providers.webhook import deliver_webhook
-from config.errors import WorkflowValidationError
-
-URL = Param("url", required=True)
-PAYLOAD = Param("payload", kind="object")
-# The receiver drops repeats of an Idempotency-Key: an attempt of unknown outcome may be sent again.
-RECEIVER_DEDUPLICATES = Param("receiver_deduplicates", kind="boolean")
 
 
 def default_payload(context: dict[str, Any]) -> dict[str, Any]:
@@ -28,15 +22,8 @@ def default_payload(context: dict[str, Any]) -> dict[str, Any]:
 
 
 @register
-class Webhook(Action):
-    name = "webhook"
-    actor = "webhook"
-    params = (URL, PAYLOAD, RECEIVER_DEDUPLICATES)
-
-    def check(self, config: dict[str, Any], field: str) -> None:  # type: ignore[override]
-        url = str(config["url"])
-        if "{{" not in url and urlsplit(url).scheme not in ("http", "https"):
-            raise WorkflowValidationError(f"{field}.url", "must be an http or https URL")
+class Webhook(WebhookSpec, Action):
+    """POST the rendered JSON payload, signed."""
 
     async def execute(self, run: StepRun) -> Done:
         url = require(run.render(URL), "webhook url")

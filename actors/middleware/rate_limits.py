@@ -14,7 +14,7 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from actors.rate_limits import RateLimit
+from actors.model.rate_limits import RateLimit
 
 
 class RecipientRateLimits(Middleware):

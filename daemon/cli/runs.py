@@ -10,7 +10,15 @@ import asyncpg
 
 from config.errors import HeraldConfigError, WorkflowValidationError
 from config.settings import Settings
-from daemon.cli.common import add_data_dir, one_line, plural, read_json_file, timestamp, whoami, with_database
+from daemon.cli.common import (
+    add_data_dir,
+    one_line,
+    plural,
+    read_json_file,
+    timestamp,
+    whoami,
+    with_database,
+)
 
 WORKFLOW_HELP = "the workflow: its document id, its name (with --tenant) or its uuid"
 
@@ -49,14 +57,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.retries import RetryFilter, RetryRefused, retry_failed, retry_one, why_not_retried
+    from daemon.retries import (
+        RetryFilter,
+        RetryRefused,
+        retry_failed,
+        retry_one,
+        why_not_retried,
+    )
 
     if (args.run_id is None) == (not args.failed):
         raise HeraldConfigError("give a run id, or --failed with filters")
     _check_retry_args(args)
 
-    def send_step(action: str, step_id: int) -> None:
-        send(ACTIONS[action].actor, [step_id])
+    def send_step(queue: str, step_id: int) -> None:
+        send(queue, [step_id])
 
     async def run(conn: asyncpg.Connection) -> int:
         if args.run_id is not None and args.dry_run:
@@ -89,7 +103,6 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
             print(f"not retried without --force: {_grouped(why, runs)}", file=sys.stderr)
         return 1 if summary.refused and not summary.runs else 0
 
-    from actors.actions import ACTIONS
     from actors.broker import send, setup_broker
 
     setup_broker(settings)  # the retry's first message goes through it
@@ -150,14 +163,21 @@ def _check_retry_args(args: argparse.Namespace) -> None:
         if getattr(args, option) is not None:
             check_text(getattr(args, option), f"--{option}")
     if args.workflow is not None and args.tenant is None:
-        from daemon.retries import workflow_uuid  # a uuid needs no database; an id or a name, a tenant
+        from daemon.retries import (
+            workflow_uuid,  # a uuid needs no database; an id or a name, a tenant
+        )
 
         args.workflow = workflow_uuid(args.workflow)
 
 
 def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
-    from actors.triggers import TIME_TRIGGERS, parse_trigger
-    from daemon.triggering import check_storable, check_text, fire_event, wait_for_outcome
+    from actors.model.triggers import TIME_TRIGGERS, parse_trigger
+    from daemon.triggering import (
+        check_storable,
+        check_text,
+        fire_event,
+        wait_for_outcome,
+    )
 
     # Everything that can be judged without the database is, before any server starts.
     check_text(args.tenant, "--tenant")

@@ -25,14 +25,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_rate_limit(settings: Settings, args: argparse.Namespace) -> int:
-    from actors.rate_limits import RateLimit
+    from actors.rate_limits import default_rate_limit
     from daemon.tenants import check_rate_limit, describe_limit
     from daemon.triggering import check_text
 
     check_text(args.tenant, "--tenant")
     if args.reset and args.per_recipient is not None:
         raise HeraldConfigError("--reset and --per-recipient: give one of them")
-    default = RateLimit.parse_default(settings.recipient_limit)
+    default = default_rate_limit(settings.recipient_limit)
     rate_limit = None
     if args.per_recipient is not None:
         rate_limit = {"per_recipient": args.per_recipient, "window": args.window, "over_limit": args.over_limit}
@@ -43,7 +43,12 @@ def cmd_rate_limit(settings: Settings, args: argparse.Namespace) -> int:
             raise HeraldConfigError(f"{option}: {exc.message}") from None
 
     async def run(conn: asyncpg.Connection) -> str:
-        from daemon.tenants import get_rate_limit, known_tenant, reset_rate_limit, set_rate_limit
+        from daemon.tenants import (
+            get_rate_limit,
+            known_tenant,
+            reset_rate_limit,
+            set_rate_limit,
+        )
 
         if not await known_tenant(conn, args.tenant):
             raise HeraldConfigError(f"no tenant {args.tenant!r}: it has no workflows, events or settings"

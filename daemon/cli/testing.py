@@ -34,10 +34,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_data_dir(test)
     test.set_defaults(handler=cmd_test, reads_input=True)
 
-    # `herald workflows test`: the workflows group registers before this one (daemon/cli/__init__.py GROUPS).
-    workflows = sub.choices["workflows"]
-    actions = next(a for a in workflows._actions if isinstance(a, argparse._SubParsersAction))
-    dry = actions.add_parser(
+
+
+def register_dry_run(workflows_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`herald workflows test`, registered by the workflows group."""
+    dry = workflows_sub.add_parser(
         "test", help="dry-run a workflow against a real record: the match, context and rendered steps;"
                      " sends and writes nothing")
     add_data_dir(dry)
@@ -51,7 +52,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_test(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.workflow_tests import TestSession, discover, junit_xml, report_lines, run_test_file
+    from daemon.workflow_tests import (
+        TestSession,
+        discover,
+        junit_xml,
+        report_lines,
+        run_test_file,
+    )
 
     files = discover(args.paths)  # a missing path: one line, exit 1
 
@@ -89,7 +96,7 @@ async def _rolled_back(conn: asyncpg.Connection, work: object) -> object:
 
 
 def cmd_dry_run(settings: Settings, args: argparse.Namespace) -> int:
-    from actors.workflow import parse_workflow
+    from actors.model.workflow import parse_workflow
     from daemon.dry_run import Change, dry_run, format_dry_run, stored_workflow
     from daemon.triggering import check_text
 

@@ -15,7 +15,15 @@ import asyncpg
 
 from config.errors import HeraldConfigError, WorkflowValidationError
 from config.settings import Settings
-from daemon.cli.common import add_data_dir, one_line, plural, read_json_file, whoami, with_database
+from daemon.cli import testing
+from daemon.cli.common import (
+    add_data_dir,
+    one_line,
+    plural,
+    read_json_file,
+    whoami,
+    with_database,
+)
 
 WORKFLOW_HELP = "the workflow: its document id, its name or its uuid"
 
@@ -53,6 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show.add_argument("--version", type=int, help="this version instead of the current one")
     delete.add_argument("--force", action="store_true", help="cancel its runs under way (refused otherwise)")
     delete.add_argument("--by", default=whoami(), help="who deletes it (recorded on cancelled runs)")
+    testing.register_dry_run(workflows_sub)
 
 
 def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
@@ -85,7 +94,7 @@ def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
 def _read_files(paths: list[str], *, one_tenant: bool) -> list[tuple[Any, Any]] | None:
     """Every workflow of the files, parsed: (entry, spec); None when any is invalid (each said so).
     ``one_tenant``: an export of several tenants' workflows is refused (import saves them for one)."""
-    from actors.workflow import parse_workflow
+    from actors.model.workflow import parse_workflow
     from daemon.triggering import check_storable
     from daemon.workflows import workflow_entries
 

@@ -60,7 +60,30 @@ async def test_a_newcomer_fixes_a_typo_and_retries_the_run_into_a_delivered_mess
     disabled = herald("workflows", "disable", "Job Completed", "--tenant", "1")
     assert disabled.returncode == 0 and "disabled" in disabled.stdout, shown(disabled)
 
-    typo = write(tmp_path / "job-done.json", job_done("Done: {{ job.titel }}"))
+    # The newcomer writes the workflow and its test file next to it; `herald test` passes.
+    workflow = tmp_path / "job-done.workflow.json"
+    write(workflow, job_done("Done: {{ job.title }}"))
+    write(tmp_path / "job-done.test.json", {
+        "workflow": "job-done.workflow.json",
+        "defaults": {"tenant": "1", "record": {"id": 1, "title": "Replace kitchen faucet", "status": "completed"},
+                     "related": {"client": {"first_name": "Maria", "email": "maria.lopez@example.com"}}},
+        "cases": [
+            {"name": "a completed job emails the client",
+             "event": {"changes": {"status": {"from": "in_progress", "to": "completed"}}},
+             "expect": {"steps": {"email": {"recipient": "maria.lopez@example.com",
+                                            "subject": "Done: Replace kitchen faucet",
+                                            "body": {"contains": "Dear Maria"}}}}},
+            {"name": "a scheduled job sends nothing",
+             "event": {"record": {"status": "scheduled"}, "changes": {"status": {"from": "new", "to": "scheduled"}}},
+             "expect": {"matched": False, "reason": "was 'scheduled'"}}]})
+    tested = herald("test", str(tmp_path))
+    assert tested.returncode == 0 and tested.stdout.splitlines()[-1].startswith("2 passed"), shown(tested)
+    # An edit slips in a typo: the test file catches it...
+    typo = write(workflow, job_done("Done: {{ job.titel }}"))
+    caught = herald("test", str(tmp_path))
+    assert caught.returncode == 1 and "job.titel" in caught.stdout, shown(caught)
+    assert "FAIL" in caught.stdout and "1 passed, 1 failed" in caught.stdout
+    # ...and so does import; forced in anyway, it fails every run until fixed.
     refused = herald("workflows", "import", typo, "--tenant", "1")
     assert refused.returncode == 2, shown(refused)
     assert refused.stderr == (f"{typo}: refused: steps[0].config.subject: job has no column 'titel' (public.jobs)"
@@ -82,7 +105,7 @@ async def test_a_newcomer_fixes_a_typo_and_retries_the_run_into_a_delivered_mess
     assert "would fail again with workflow 'Job done' unchanged since (version 1)" in again.stderr
     assert len(again.stderr.splitlines()) == 1
 
-    fixed = write(tmp_path / "job-done.json", job_done("Done: {{ job.title }}"))
+    fixed = write(workflow, job_done("Done: {{ job.title }}"))
     imported = herald("workflows", "import", fixed, "--tenant", "1")
     assert imported.returncode == 0 and "('Job done', version 2, was 1)" in imported.stdout, shown(imported)
     assert imported.stderr == ""
@@ -273,8 +296,8 @@ async def failed_run(conn: asyncpg.Connection, job_id: int, error: str) -> int:
         f"step 2 (step-2, sms): {error}", workflow["version"])
     for position, (action, status) in enumerate((("email", "sent"), ("sms", "failed"))):
         await conn.execute(
-            "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, attempts,"
-            " error) VALUES ($1, $2, $3, $4, $5, '{}', $6, 4, $7)", run_id, event["tenant_id"], position,
+            "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config, status,"
+            " attempts, error) VALUES ($1, $2, $3, $4, $5, $5, '{}', $6, 4, $7)", run_id, event["tenant_id"], position,
             f"step-{position + 1}", action, status, error if status == "failed" else None)
     return int(run_id)
 

@@ -244,13 +244,19 @@ async def test_the_per_recipient_limit_skips_beyond_its_share(conn: asyncpg.Conn
 
     async def all_done() -> bool:
         return await conn.fetchval(
-            "SELECT count(*) FROM herald.runs WHERE tenant_id = $1 AND status = 'completed'", tenant) == 8
+            "SELECT count(*) FROM herald.runs WHERE tenant_id = $1 AND status IN ('completed', 'skipped')",
+            tenant) == 8
 
     await wait_until(all_done, message="all eight runs")
     steps = await conn.fetch("SELECT status, error FROM herald.steps WHERE tenant_id = $1", tenant)
     assert sorted(s["status"] for s in steps) == ["sent"] * 3 + ["skipped"] * 5
     assert all("rate limited: 3 sms messages per 1:00:00 to +15550102222; skipped" in s["error"]
                for s in steps if s["status"] == "skipped")
+    # A run that sent nothing says so: skipped, with the reason, not "completed".
+    runs = await conn.fetch("SELECT status, error FROM herald.runs WHERE tenant_id = $1", tenant)
+    assert sorted(r["status"] for r in runs) == ["completed"] * 3 + ["skipped"] * 5
+    assert all(r["error"].startswith("nothing sent: every step was skipped (rate limited: 3 sms messages")
+               for r in runs if r["status"] == "skipped")
     assert await conn.fetchval("SELECT count(*) FROM herald.messages WHERE tenant_id = $1", tenant) == 3
 
 
@@ -293,12 +299,14 @@ async def test_a_tenant_limit_applies_to_all_its_workflows(conn: asyncpg.Connect
         "name": "two jobs", "trigger_type": "job_completed", "steps": [SMS_STEP]}, 2)
 
     async def both_done() -> bool:
-        return await conn.fetchval(
-            "SELECT count(*) FROM herald.runs WHERE tenant_id = $1 AND status = 'completed'", tenant) == 2
+        return await conn.fetchval("SELECT count(*) FROM herald.runs WHERE tenant_id = $1"
+                                   " AND status IN ('completed', 'skipped')", tenant) == 2
 
     await wait_until(both_done, message="both runs")
     steps = await conn.fetch("SELECT status FROM herald.steps WHERE tenant_id = $1 ORDER BY status", tenant)
     assert [s["status"] for s in steps] == ["sent", "skipped"]
+    runs = await conn.fetch("SELECT status FROM herald.runs WHERE tenant_id = $1 ORDER BY status", tenant)
+    assert [r["status"] for r in runs] == ["completed", "skipped"]  # the second sent nothing
 
 
 async def test_a_slow_provider_and_a_batch_larger_than_the_pool_park_nothing(

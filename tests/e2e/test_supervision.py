@@ -25,9 +25,8 @@ from dramatiq.brokers.redis import RedisBroker
 from actors.middleware.lifecycle import EXIT_SHUTDOWN_TIMEOUT, EXIT_WATCHDOG
 from config.embedded_layout import EmbeddedLayout
 from daemon.embedded import redis_server_bin
-from daemon.supervisor import Backoff, RestartPolicy
+from daemon.supervisor import Backoff, RestartPolicy, alive
 from tests.conftest import REPO, wait_until
-from daemon.supervisor import alive
 from tests.e2e.conftest import Processes, free_port
 from tests.e2e.test_herald_up import Up, herald, processes_mentioning
 
@@ -500,6 +499,10 @@ def test_watchdog_exits_when_the_event_loop_is_stuck(tmp_path: Path) -> None:
 import logging, time
 from dramatiq.asyncio import EventLoopThread, set_event_loop_thread
 from actors.middleware.lifecycle import WorkerLifecycle
+from config.logging import configure_logging
+from config.settings import current
+
+configure_logging(current(), process="worker")  # as actors.worker does
 
 loop_thread = EventLoopThread(logging.getLogger("test"))
 loop_thread.start(timeout=5)

@@ -33,8 +33,8 @@ async def record_run(conn: asyncpg.Connection, job_id: int, *, failed: bool = Fa
         event["tenant_id"], workflow, event["id"], "failed" if failed else "completed",
         "step 1 (step-1, email): client.email is undefined" if failed else None)
     await conn.execute(
-        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, rendered)"
-        " VALUES ($1, $2, 0, 'step-1', 'email', '{}', $3, $4)",
+        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config, status,"
+        " rendered) VALUES ($1, $2, 0, 'step-1', 'email', 'email', '{}', $3, $4)",
         run_id, event["tenant_id"], "failed" if failed else "sent",
         None if failed else {"recipient": "maria.lopez@example.com", "subject": "Job Completed - <b>x</b>",
                              "message": "Dear Maria"})

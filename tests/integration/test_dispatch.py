@@ -96,8 +96,8 @@ async def test_sweeper_settles_a_step_stuck_sending_by_its_worker_and_its_messag
             "INSERT INTO herald.heartbeats (instance, hostname, pid, started_at, last_seen_at, kind)"
             " VALUES ($1, 'host', 1, now(), now() - make_interval(secs => $2), 'worker')", instance, age_s)
     step_id = await conn.fetchval(
-        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, claimed_by,"
-        " updated_at) VALUES ($1, '1', 0, 'step-1', 'sms', '{}', 'sending', $2,"
+        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config, status,"
+        " claimed_by, updated_at) VALUES ($1, '1', 0, 'step-1', 'sms', 'sms', '{}', 'sending', $2,"
         " now() - make_interval(secs => $3)) RETURNING id", run_id, claimed_by, sending_for_s)
     if message is not None:
         await conn.execute(
@@ -126,8 +126,9 @@ async def test_sweeper_settles_a_step_stuck_sending_by_its_worker_and_its_messag
 async def test_sweeper_resends_a_pending_step_nobody_started(conn: asyncpg.Connection, pool: asyncpg.Pool) -> None:
     run_id = await a_run(conn)
     step_id = await conn.fetchval(
-        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, updated_at)"
-        " VALUES ($1, '1', 0, 'step-1', 'email', '{}', 'pending', now() - interval '1 hour') RETURNING id", run_id)
+        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config, status,"
+        " updated_at) VALUES ($1, '1', 0, 'step-1', 'email', 'email', '{}', 'pending', now() - interval '1 hour')"
+        " RETURNING id", run_id)
     resent: list[tuple[str, list[int]]] = []
     sweeper = Sweeper(pool, lambda a, i: resent.append((a, i)), lease_s=30, interval_s=1,
                       liveness_s=15, abandoned_s=60)

@@ -17,10 +17,16 @@ import pytest
 
 from actors.actions import ACTIONS
 from actors.actions.base import StepRun
-from actors.templates import as_records
+from actors.model.templates import as_records
 from config.errors import HeraldConfigError, StepError, WorkflowValidationError
 from config.settings import Settings
-from daemon.capture import Relation, default_entity, parse_fills, unwatch_table, watch_table
+from daemon.capture import (
+    Relation,
+    default_entity,
+    parse_fills,
+    unwatch_table,
+    watch_table,
+)
 from daemon.workflows import import_workflow
 from tests.conftest import REPO
 

@@ -10,13 +10,20 @@ from typing import Any
 import asyncpg
 import pytest
 
-from actors.enrich import enrich_runs
-from actors.match import match_events
-from actors.templates import as_records, render
+from actors.enriching import enrich_runs
+from actors.matching import match_events
+from actors.model.templates import as_records, render
 from actors.workflows_cache import WorkflowCache
 from config.errors import TemplateRenderError
 from daemon.demo import demo_workflow, load_demo
-from daemon.retries import RetryFilter, RetryRefused, retry_failed, retry_one, retry_run, why_not_retried
+from daemon.retries import (
+    RetryFilter,
+    RetryRefused,
+    retry_failed,
+    retry_one,
+    retry_run,
+    why_not_retried,
+)
 from daemon.workflows import delete_workflow, find_workflow, save_workflow, set_active
 
 TYPO = "Job Completed - {{ job.titel }}"

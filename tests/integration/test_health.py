@@ -190,9 +190,9 @@ async def test_queue_depth_over_the_limit_fails_queues(
 async def add_step(conn: asyncpg.Connection, run_id: int, position: int, status: str, *,
                    claimed_by: str | None = None, age: str = "0 seconds") -> int:
     return int(await conn.fetchval(
-        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status,"
+        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config, status,"
         "                          claimed_by, updated_at)"
-        " VALUES ($1, '1', $2::int, 'step-' || $2::int, 'sms', '{}', $3, $4, clock_timestamp() - $5::text::interval)"
+        " VALUES ($1, '1', $2::int, 'step-' || $2::int, 'sms', 'sms', '{}', $3, $4, clock_timestamp() - $5::text::interval)"
         " RETURNING id", run_id, position, status, claimed_by, age))
 
 

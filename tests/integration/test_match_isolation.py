@@ -14,10 +14,10 @@ from typing import Any
 
 import asyncpg
 
-from actors import dedupe
-from actors.enrich import enrich_runs
-from actors.match import match_events
-from actors.triggers import parse_trigger
+from actors.enriching import enrich_runs
+from actors.matching import match_events
+from actors.model import dedupe
+from actors.model.triggers import parse_trigger
 from actors.workflows_cache import WorkflowCache
 from daemon.capture import Relation, watch_table
 from daemon.workflows import import_workflow
@@ -227,8 +227,8 @@ async def test_lists_of_runs_cut_long_values_and_one_run_has_them_whole(
         workflow, event, "e" * 3000, {"reason": "r" * limit})
     rendered = {"recipient": "+15550101001", "message": "m" * 50_000, "payload": {"big": "p" * 5000}}
     await conn.execute(
-        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, rendered)"
-        " VALUES ($1, 'a', 0, 'sms', 'sms', '{}', 'failed', $2)", run_id, rendered)
+        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config, status,"
+        " rendered) VALUES ($1, 'a', 0, 'sms', 'sms', 'sms', '{}', 'failed', $2)", run_id, rendered)
 
     [listed] = await queries.recent_runs(pool, tenant=None, status=None, limit=10)
     assert listed["error"] == "e" * limit + "… [truncated: 3,000 characters in all]"

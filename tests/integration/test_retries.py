@@ -21,8 +21,8 @@ async def failed_run(conn: asyncpg.Connection, job_id: int, error: str) -> int:
         " VALUES ($1, $2, $3, 'failed', $4) RETURNING id", event["tenant_id"], workflow, event["id"], error)
     for position, (action, status) in enumerate((("email", "sent"), ("sms", "failed"))):
         await conn.execute(
-            "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, attempts)"
-            " VALUES ($1, $2, $3, $4, $5, '{}', $6, 4)", run_id, event["tenant_id"], position,
+            "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config, status,"
+            " attempts) VALUES ($1, $2, $3, $4, $5, $5, '{}', $6, 4)", run_id, event["tenant_id"], position,
             f"step-{position + 1}", action, status)
     return int(run_id)
 

@@ -231,8 +231,8 @@ async def test_time_triggers_read_only_watched_rows_of_their_own_tenant(
     await a_run(conn)  # the demo, and a run of tenant 1 that sent a message
     run = await conn.fetchval("SELECT id FROM herald.runs")
     step = await conn.fetchval(
-        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config)"
-        " VALUES ($1, '1', 0, 'email', 'email', '{}') RETURNING id", run)
+        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config)"
+        " VALUES ($1, '1', 0, 'email', 'email', 'email', '{}') RETURNING id", run)
     await conn.execute(
         "INSERT INTO herald.messages (tenant_id, run_id, step_id, channel, provider, idempotency_key, recipient,"
         " body, status) VALUES ('1', $1, $2, 'email', 'capture', 'k1', 'maria@example.com', 'secret', 'sent')",

@@ -12,8 +12,8 @@ from tests.conftest import a_run
 async def make_step(conn: asyncpg.Connection, run_status: str, *, retry_in_s: int | None = None) -> int:
     run_id = await a_run(conn, run_status)
     return await conn.fetchval(  # type: ignore[no-any-return]
-        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status,"
-        " next_attempt_at) VALUES ($1, '1', 1, 'step-2', 'sms', '{}', 'pending',"
+        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config, status,"
+        " next_attempt_at) VALUES ($1, '1', 1, 'step-2', 'sms', 'sms', '{}', 'pending',"
         " now() + make_interval(secs => $2)) RETURNING id", run_id, retry_in_s)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from actors.match import match_events
+from actors.matching import match_events
 from actors.workflows_cache import WorkflowCache
 from daemon.capture import watch_table
 from daemon.triggering import fire_event

@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from actors.enrich import enrich_runs
-from actors.match import match_events
-from actors.workflow import parse_workflow
+from actors.enriching import enrich_runs
+from actors.matching import match_events
+from actors.model.workflow import parse_workflow
 from actors.workflows_cache import WorkflowCache
 from config.errors import HeraldConfigError, WorkflowValidationError
 from daemon.demo import demo_workflow, load_demo

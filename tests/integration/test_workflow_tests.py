@@ -19,12 +19,20 @@ from typing import Any
 import asyncpg
 import pytest
 
-from actors.workflow import parse_workflow
+from actors.model.workflow import parse_workflow
 from config.errors import HeraldConfigError
 from config.settings import Settings
 from daemon.capture import Relation, watch_table
 from daemon.demo import demo_workflow, load_demo
-from daemon.dry_run import FAILED, NOT_RUN, OK, WAITING, Change, dry_run, stored_workflow
+from daemon.dry_run import (
+    FAILED,
+    NOT_RUN,
+    OK,
+    WAITING,
+    Change,
+    dry_run,
+    stored_workflow,
+)
 from daemon.workflow_tests import TestFileError, discover, load_test_file, run_test_file
 from tests.conftest import REPO
 

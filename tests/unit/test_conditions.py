@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from actors.conditions import parse_condition
+from actors.model.conditions import parse_condition
 from config.errors import WorkflowValidationError
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from actors.durations import parse_duration
+from actors.model.durations import parse_duration
 from config.errors import WorkflowValidationError
 
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from actors import naming
 from actors.actions import records
-from actors.conditions import parse_condition, resolve_path
-from actors.templates import as_records, camel_to_snake, render
+from actors.model import naming
+from actors.model.conditions import parse_condition, resolve_path
+from actors.model.templates import as_records, camel_to_snake, render
 
 
 @pytest.mark.parametrize(
@@ -34,8 +34,9 @@ def test_camel_to_snake(name: str, snake: str) -> None:
 
 def test_there_is_one_converter() -> None:
     # templates re-export it; records, templates and conditions find columns with one function
-    from actors import conditions, tables
-    from actors import templates as template_module
+    from actors import tables
+    from actors.model import conditions
+    from actors.model import templates as template_module
 
     assert camel_to_snake is naming.camel_to_snake
     for module in (tables, conditions, template_module):

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from actors.retry_policy import RetryPolicy
+from actors.model.retry_policy import RetryPolicy
 
 DRAWS = 2000
 

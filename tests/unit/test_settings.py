@@ -14,10 +14,18 @@ import pytest
 
 import actors.worker  # noqa: F401  (sets up the broker and declares the actors on it)
 from actors.middleware.rate_limits import default_limit
-from actors.rate_limits import RateLimit
+from actors.model.rate_limits import RateLimit
+from actors.rate_limits import default_rate_limit
 from config.errors import HeraldConfigError
 from config.logging import configure_logging
-from config.settings import VARIABLES, Settings, current, parse_recipient_limit, redact_url, set_for_process
+from config.settings import (
+    VARIABLES,
+    Settings,
+    current,
+    parse_recipient_limit,
+    redact_url,
+    set_for_process,
+)
 from daemon.cli import command_names, main
 from daemon.supervisor import PROCESSES
 from tests.conftest import REPO
@@ -69,14 +77,14 @@ def test_herald_up_runs_the_procfile() -> None:
 
 
 def test_recipient_limit_setting_is_checked() -> None:
-    assert RateLimit.parse_default("5/1h").per_recipient == 5
-    assert RateLimit.parse_default("0").per_recipient == 0
+    assert default_rate_limit("5/1h").per_recipient == 5
+    assert default_rate_limit("0").per_recipient == 0
     with pytest.raises(HeraldConfigError, match="HERALD_RECIPIENT_LIMIT must look like"):
-        RateLimit.parse_default("lots")
+        default_rate_limit("lots")
 
 
 def test_the_middleware_limits_only_the_actors_that_deliver_to_people() -> None:
-    assert default_limit("email") == default_limit("sms") == RateLimit.parse_default("5/1h")
+    assert default_limit("email") == default_limit("sms") == default_rate_limit("5/1h")
     assert default_limit("webhook") is None and default_limit("records") is None
 
 
@@ -258,7 +266,7 @@ def test_smtp_tls_and_starttls_are_one_or_the_other() -> None:
 )
 def test_recipient_limit_parsing_lives_in_config(text: str, per_recipient: int, seconds: int) -> None:
     assert parse_recipient_limit(text) == (per_recipient, dt.timedelta(seconds=seconds))
-    assert RateLimit.parse_default(text) == RateLimit(per_recipient, dt.timedelta(seconds=seconds))
+    assert default_rate_limit(text) == RateLimit(per_recipient, dt.timedelta(seconds=seconds))
 
 
 def test_every_field_but_embedded_has_one_variable() -> None:

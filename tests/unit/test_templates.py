@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from actors import templates
 from actors.actions.base import require
-from actors.limits import TEMPLATE_TIME_LIMIT_S
-from actors.templates import (
+from actors.model import templates
+from actors.model.limits import TEMPLATE_TIME_LIMIT_S
+from actors.model.templates import (
     as_records,
     camel_to_snake,
     from_single_braces,

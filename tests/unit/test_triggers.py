@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from actors.triggers import parse_trigger
+from actors.model.triggers import parse_trigger
 from config.errors import WorkflowValidationError
 from config.settings import Settings
 from daemon.cli.workflows import cmd_workflows

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from actors import dedupe
-from actors.dedupe import DedupePolicy, skip_reason
-from actors.workflow import evaluate, parse_workflow
+from actors.model import dedupe
+from actors.model.dedupe import DedupePolicy, skip_reason
+from actors.model.workflow import evaluate, parse_workflow
 from config.errors import WorkflowValidationError
 from tests.conftest import REPO, read_json
 

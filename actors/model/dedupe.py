@@ -23,8 +23,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from actors.durations import parse_duration
-from actors.triggers import Trigger
+from actors.model.durations import parse_duration
+from actors.model.triggers import Trigger
 from config.errors import WorkflowValidationError
 
 DEFAULT_WINDOW_S = 30.0

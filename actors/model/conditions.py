@@ -21,7 +21,7 @@ value in ``old`` against ``new``; ``status``, ``job.status`` and
 Evaluation never raises: a missing path or a type mismatch is simply false,
 with the reason recorded. Every event is evaluated against every workflow of
 its tenant on a shared worker, so a workflow's conditions are bounded when it
-is parsed (see :mod:`actors.limits`).
+is parsed (see :mod:`actors.model.limits`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 
 import regex
 
-from actors.durations import parse_duration
-from actors.limits import (
+from actors.model.durations import parse_duration
+from actors.model.limits import (
     REGEX_MAX_INPUT,
     REGEX_MAX_PATTERN,
     REGEX_TIMEOUT_S,
@@ -42,7 +42,7 @@ from actors.limits import (
     WORKFLOW_MAX_CONDITIONS,
     WORKFLOW_MAX_PATTERNS,
 )
-from actors.naming import AmbiguousName, column_for
+from actors.model.naming import AmbiguousName, column_for
 from config.errors import WorkflowValidationError
 
 _MISSING = object()

@@ -17,20 +17,19 @@ from typing import Any
 
 from jinja2 import TemplateSyntaxError
 
-from actors.actions import get_action
-from actors.conditions import Condition, parse_condition
-from actors.dedupe import DedupePolicy
-from actors.limits import (
+from actors.model.actions import get_spec
+from actors.model.conditions import Condition, parse_condition
+from actors.model.dedupe import DedupePolicy
+from actors.model.limits import (
     TEMPLATE_MAX_SOURCE,
     WORKFLOW_MAX_BYTES,
     WORKFLOW_MAX_JSON_DEPTH,
     WORKFLOW_MAX_STEPS,
 )
-from actors.rate_limits import RateLimit
-from actors.retry_policy import RetryPolicy
-from actors.templates import _compile as compile_template
-from actors.templates import from_single_braces
-from actors.triggers import Trigger, parse_trigger
+from actors.model.rate_limits import RateLimit
+from actors.model.retry_policy import RetryPolicy
+from actors.model.templates import check_syntax, from_single_braces
+from actors.model.triggers import Trigger, parse_trigger
 from config.errors import WorkflowValidationError
 
 
@@ -70,7 +69,7 @@ def parse_workflow(doc: Any) -> WorkflowSpec:
     """Validate a workflow document; errors name the field at fault.
 
     A workflow runs on workers every tenant shares, so its size is bounded
-    too (:mod:`actors.limits`): the document, its steps, its conditions and
+    too (:mod:`actors.model.limits`): the document, its steps, its conditions and
     each template.
     """
     if not isinstance(doc, dict):
@@ -136,39 +135,33 @@ def _check_count(raw: list[Any], field: str) -> None:
 
 def _check_templates(value: Any, field: str) -> None:
     """Every string of a step's configuration may be a template: at most TEMPLATE_MAX_SOURCE characters."""
-    if isinstance(value, str):
-        if len(value) > TEMPLATE_MAX_SOURCE:
+    for path, source in template_strings(value, field):
+        if len(source) > TEMPLATE_MAX_SOURCE:
             raise WorkflowValidationError(
-                field, f"the template is {len(value):,} characters long; at most {TEMPLATE_MAX_SOURCE:,}")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_templates(item, f"{field}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_templates(item, f"{field}[{i}]")
+                path, f"the template is {len(source):,} characters long; at most {TEMPLATE_MAX_SOURCE:,}")
 
 
-def _strings(value: Any, field: str) -> Iterator[tuple[str, str]]:
-    """Every string of a step's configuration, with the field it is at."""
+def template_strings(value: Any, field: str) -> Iterator[tuple[str, str]]:
+    """Every string of a step's configuration (each may be a template), with the field it is at."""
     if isinstance(value, str):
         yield field, value
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _strings(item, f"{field}.{key}")
+            yield from template_strings(item, f"{field}.{key}")
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            yield from _strings(item, f"{field}[{i}]")
+            yield from template_strings(item, f"{field}[{i}]")
 
 
 def _check_template_syntax(config: dict[str, Any], field: str) -> None:
     """Compile every template of a step as it will be rendered (single-brace CRM
     templates after conversion), so a syntax error is refused when the workflow is
     saved, naming the field and the line, instead of failing every run."""
-    for path, source in _strings(config, field):
+    for path, source in template_strings(config, field):
         if "{" not in source:  # every Jinja construct starts with a brace: plain text
             continue
         try:
-            compile_template(source, path == f"{field}.html")  # an email's HTML part is autoescaped
+            check_syntax(source, path == f"{field}.html")  # an email's HTML part is autoescaped
         except TemplateSyntaxError as exc:
             raise WorkflowValidationError(
                 path, f"template syntax error at line {exc.lineno}: {(exc.message or 'invalid').rstrip('.')}") from None
@@ -194,7 +187,7 @@ def _field_service_steps(raw: Any) -> tuple[StepSpec, ...]:
         _check_templates(config, f"{field}.config")
         _check_template_syntax(config, f"{field}.config")
         action_name = "delay" if step_type == "delay" else config.get("actionType")
-        action = get_action(action_name, f"{field}.config.actionType")
+        action = get_spec(action_name, f"{field}.config.actionType")
         action.validate(config, f"{field}.config")
         key = step.get("id") or f"step-{i + 1}"
         steps.append(StepSpec(str(key), action.name, config))
@@ -211,7 +204,7 @@ def _rule_actions(raw: Any) -> tuple[StepSpec, ...]:
         field = f"actions[{i}]"
         if not isinstance(item, dict):
             raise WorkflowValidationError(field, "must be an object")
-        action = get_action(item.get("type"), f"{field}.type")
+        action = get_spec(item.get("type"), f"{field}.type")
         args = item.get("args", {})
         if not isinstance(args, dict):
             raise WorkflowValidationError(f"{field}.args", "must be an object")

@@ -8,7 +8,7 @@ use camelCase (``{{client.firstName}}``) over snake_case columns
 
 The sandbox is Jinja2's immutable one (a template cannot change the context
 the step's other fields render from) and every render is bounded by the
-``TEMPLATE_*`` limits of :mod:`actors.limits`: time (a deadline enforced inside
+``TEMPLATE_*`` limits of :mod:`actors.model.limits`: time (a deadline enforced inside
 the render), output, the size of every value a template builds, ``range()``
 and integers. A template over a limit fails its step with the reason.
 """
@@ -43,7 +43,7 @@ from jinja2.utils import Namespace, missing
 from markupsafe import Markup, soft_str
 
 # Re-exported: records and workflow checks map camelCase keys with the same function.
-from actors.limits import (
+from actors.model.limits import (
     STEP_TEMPLATES_TIME_LIMIT_S,
     TEMPLATE_MAX_INT_BITS,
     TEMPLATE_MAX_MEMORY,
@@ -52,8 +52,8 @@ from actors.limits import (
     TEMPLATE_MAX_VALUE,
     TEMPLATE_TIME_LIMIT_S,
 )
-from actors.naming import AmbiguousName, column_for
-from actors.naming import camel_to_snake as camel_to_snake
+from actors.model.naming import AmbiguousName, column_for
+from actors.model.naming import camel_to_snake as camel_to_snake
 from config.errors import TemplateRenderError
 
 
@@ -703,6 +703,12 @@ _HTML = _environment(html=True)  # HTML email: every value is escaped
 @lru_cache(maxsize=4096)
 def _compile(source: str, html: bool) -> Any:
     return (_HTML if html else _TEXT).from_string(source)
+
+
+def check_syntax(source: str, html: bool = False) -> None:
+    """Compile ``source`` as it will render (cached for the render); raise Jinja's
+    TemplateSyntaxError, with its line, when it is not a template."""
+    _compile(source, html)
 
 
 _SINGLE_BRACE = re.compile(r"(?<!\{)\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*\}(?!\})")

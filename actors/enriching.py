@@ -1,0 +1,220 @@
+"""Enriching runs (the enrich actor's work): load the rows a run's templates need,
+snapshot them, create its steps.
+
+A run's steps are those of the workflow version it recorded when it was created
+(``herald.runs.workflow_version``), whatever was saved since.
+
+The context (the event's row, its old and new values, and each declared
+relation such as the job's client and organization) is stored on the run, so
+every step, and any retry, renders from what the run saw.
+
+A related row is loaded only if it belongs to the event's tenant, whenever the
+related table says whose a row is: its tenant column if Herald watches it, else
+a column named like the event table's tenant column. A row of another tenant is
+left out of the context (the relation is None) and a run whose steps name that
+relation fails before any step runs, with the reason ("relation client not
+loaded: client 5 belongs to another tenant"): nothing is sent to, or shows,
+another tenant's data.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import jinja2
+import structlog
+from jinja2 import meta
+
+from actors import store
+from actors.model.actions import SPECS
+from actors.model.workflow import StepSpec, event_context, parse_workflow
+from config.errors import WorkflowValidationError
+
+log = structlog.get_logger(__name__)
+
+# What a related table that changed under Herald raises when read.
+_SCHEMA_CHANGED = (asyncpg.UndefinedColumnError, asyncpg.UndefinedTableError, asyncpg.InsufficientPrivilegeError)
+
+# Only parses (finds the variables a template names); rendering is actors.model.templates'.
+_PARSER = jinja2.Environment()
+
+
+async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str, list[int]]:
+    """Claim the pending runs among ``run_ids``, store their contexts and steps, in one
+    transaction; return the first steps to start, by action."""
+    first_steps: dict[str, list[int]] = defaultdict(list)
+    async with conn.transaction():
+        runs = await conn.fetch(store.CLAIM_RUNS, run_ids)
+        if not runs:
+            return first_steps
+        contexts = await build_contexts(conn, runs)
+        columns: list[list[Any]] = [[] for _ in range(9)]
+        refusals: dict[int, str] = {}
+        for run in runs:
+            built = contexts[run["id"]]
+            await conn.execute(store.SET_CONTEXT, run["id"], built.context)
+            try:
+                spec = parse_workflow(run["definition"])
+            except WorkflowValidationError as exc:
+                # A version saved before a check it fails existed: the run fails, saying why.
+                refusals[run["id"]] = f"the workflow's version {run['workflow_version']} is invalid: {exc}"
+                continue
+            blocked = first_blocked_step(spec.steps, built.refused)
+            if blocked is not None:
+                position, error = blocked
+                step = spec.steps[position]
+                refusals[run["id"]] = f"step {position + 1} ({step.key}, {step.action}): {error}"
+            for position, step in enumerate(spec.steps):
+                status, error = "pending", None
+                if blocked is not None:  # the run fails before any step: nothing is sent
+                    status, error = ("failed", blocked[1]) if position == blocked[0] else ("skipped", None)
+                for column, value in zip(
+                    columns,
+                    (run["id"], run["tenant_id"], position, step.key, step.action, step.config, status, error,
+                     SPECS[step.action].actor),
+                ):
+                    column.append(value)
+        for step in await conn.fetch(store.INSERT_STEPS, *columns):
+            if step["position"] == 0 and step["status"] == "pending":
+                first_steps[step["action"]].append(step["id"])
+        for run_id, reason in refusals.items():
+            await conn.execute(store.FAIL_RUN, run_id, reason)
+            log.warning("run failed before its first step", run_id=run_id, error=reason)
+    log.info("runs enriched", runs=len(runs), failed=len(refusals))
+    return first_steps
+
+
+@dataclass
+class Context:
+    """A run's context, and the relations left out of it with the reason for each."""
+
+    context: dict[str, Any]
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+def _target(relation: dict[str, Any]) -> tuple[str, str, str]:
+    return relation["table"], relation.get("key", "id"), relation.get("key_type", "text")
+
+
+async def build_contexts(conn: asyncpg.Connection, runs: list[Any]) -> dict[int, Context]:
+    """Each run's context, loading every relation with one query per related table."""
+    tables = sorted({run["table_name"] for run in runs})
+    watched = {row["table_name"]: row for row in await conn.fetch(store.WATCHED_RELATIONS, tables)}
+
+    def relations_of(run: Any) -> dict[str, Any]:
+        row = watched.get(run["table_name"])
+        return dict(row["relations"]) if row is not None else {}
+
+    def tenant_column_of(run: Any) -> str | None:
+        row = watched.get(run["table_name"])
+        return row["tenant_column"] if row is not None else None
+
+    contexts: dict[int, Context] = {}
+    wanted: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for run in runs:
+        event = dict(run)
+        event["id"] = run["event_id"]
+        event["tenant_id"] = run["event_tenant"]
+        context = event_context(event)
+        contexts[run["id"]] = Context(context)
+        for relation in relations_of(run).values():
+            value = context[run["entity"]].get(relation["column"])
+            if value is not None:
+                wanted[_target(relation)].add(str(value))
+
+    # Whose each related table's rows are, per tenant column name of the event tables.
+    pairs = sorted({(relation["table"], tenant_column_of(run))
+                    for run in runs for relation in relations_of(run).values()}, key=repr)
+    owners = await store.related_tenant_columns(conn, pairs) if pairs else {}
+
+    loaded: dict[tuple[tuple[str, str, str], str | None], dict[str, tuple[dict[str, Any], str | None]]] = {}
+    unreadable: dict[tuple[str, str, str], str] = {}
+    for target, keys in wanted.items():
+        for column in sorted({owner for (table, _), owner in owners.items() if table == target[0]},
+                             key=lambda c: c or ""):
+            try:
+                async with conn.transaction():  # a savepoint: the other runs' work goes on
+                    loaded[(target, column)] = await store.load_related(
+                        conn, {"table": target[0], "key": target[1], "key_type": target[2]}, sorted(keys), column)
+            except _SCHEMA_CHANGED as exc:
+                # The related table changed under Herald (a column renamed or dropped,
+                # a right revoked): the runs that need it fail and say so.
+                unreadable[target] = f"{target[0]} cannot be read by {target[1]}: {exc}"
+                log.error("related table unreadable", table=target[0], key=target[1], error=str(exc))
+    for run in runs:
+        built = contexts[run["id"]]
+        context = built.context
+        row = context[run["entity"]]
+        for name, relation in relations_of(run).items():
+            value = row.get(relation["column"])
+            context[name] = None
+            if relation["column"] not in row and row:
+                built.refused[name] = (f"{run['table_name']} has no column {relation['column']!r} any more;"
+                                       " run `herald watch` for it again")
+                continue
+            if _target(relation) in unreadable:
+                built.refused[name] = unreadable[_target(relation)]
+                continue
+            if value is None:
+                continue
+            owner_column = owners[(relation["table"], tenant_column_of(run))]
+            found = loaded.get((_target(relation), owner_column), {}).get(str(value))
+            if found is None:
+                # Deleted since, or hidden from Herald's role by row-level security: a step
+                # that needs it fails saying so, not with "NoneType has no attribute 'email'".
+                built.refused[name] = (f"{name} {_shown(value)} not found in {relation['table']} (deleted, or hidden"
+                                       " from Herald's role by row-level security)")
+                continue
+            related, tenant = found
+            if owner_column is not None and tenant != run["event_tenant"]:
+                built.refused[name] = f"{name} {_shown(value)} belongs to another tenant"
+                log.warning("related row of another tenant not loaded", run_id=run["id"], relation=name,
+                            table=relation["table"], key=str(value), tenant_id=run["event_tenant"])
+                continue
+            context[name] = related
+    return contexts
+
+
+def _shown(value: Any) -> str:
+    """A related row's key as an error shows it: at most 64 characters."""
+    return str(value) if len(str(value)) <= 64 else f"{str(value)[:64]}…"
+
+
+def first_blocked_step(steps: tuple[StepSpec, ...], refused: dict[str, str]) -> tuple[int, str] | None:
+    """The first step whose templates name a refused relation: (position, why it cannot run)."""
+    if not refused:
+        return None
+    for position, step in enumerate(steps):
+        names = _names_used(step.config)
+        for name, reason in refused.items():
+            if name in names:
+                return position, f"relation {name} not loaded: {reason}"
+    return None
+
+
+def _names_used(value: Any) -> set[str]:
+    """The top-level variables (``client`` of ``{{client.email}}``) a step's templates read."""
+    names: set[str] = set()
+    for text in _strings(value):
+        if "{" not in text:
+            continue
+        try:
+            names |= meta.find_undeclared_variables(_PARSER.parse(text))
+        except jinja2.TemplateSyntaxError:
+            continue  # the step fails on it when it renders
+    return names
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)

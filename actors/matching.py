@@ -1,0 +1,229 @@
+"""Matching events (the match actor's work): which workflows each event runs, one run
+per (workflow, event).
+
+Every event records, for each active workflow of its tenant, whether it
+matched and why or why not. Each run records the workflow's version it runs
+(``herald.runs.workflow_version``, see store.INSERT_RUNS): its steps are that
+version's, whatever is saved before it starts. An event also cancels the delayed runs waiting
+on the same record whose ``cancel_on`` names a trigger it fires.
+
+One event cannot take its batch down: the batch is matched in a savepoint and,
+if that fails, each event again in its own; an event that still fails on its
+own is marked *failed* with the error (final: nobody sends it again), and the
+others are matched. Only a lost database connection or a transient database
+error (deadlock, serialisation, shutdown) fails the whole message, to be retried.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from actors import store
+from actors.model import dedupe
+from actors.model.triggers import parse_trigger
+from actors.model.workflow import WorkflowSpec, evaluate
+from actors.workflows_cache import CachedWorkflow, WorkflowCache
+from config.errors import WorkflowValidationError
+
+log = structlog.get_logger(__name__)
+
+@dataclass
+class Outcome:
+    """What one match message did."""
+
+    events: int = 0
+    started: list[int] = field(default_factory=list)  # runs to enrich
+    skipped: int = 0
+    cancelled: int = 0
+    failed: list[int] = field(default_factory=list)  # events whose matching failed
+
+    def add(self, other: Outcome) -> None:
+        self.started += other.started
+        self.skipped += other.skipped
+        self.cancelled += other.cancelled
+
+
+# SQLSTATE classes of errors that are not the event's fault: connection (08),
+# transaction rollback: serialisation, deadlock (40), resources (53), object in
+# use or locked (55), operator intervention: shutdown, cancel (57), system (58).
+_TRANSIENT_CLASSES = ("08", "40", "53", "55", "57", "58")
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the database or the connection, not of the event: retry the message."""
+    if isinstance(exc, (asyncpg.InterfaceError, OSError, TimeoutError)):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "").startswith(_TRANSIENT_CLASSES)
+    return False
+
+
+async def match_events(conn: asyncpg.Connection, event_ids: list[int], cache: WorkflowCache) -> Outcome:
+    """Match the claimable events among ``event_ids`` in one transaction on ``conn``."""
+    outcome = Outcome()
+    async with conn.transaction():
+        events = await conn.fetch(store.CLAIM_EVENTS, event_ids)
+        if not events:
+            return outcome
+        outcome.events = len(events)
+        workflows = await cache.for_tenants(conn, (event["tenant_id"] for event in events))
+        origins = await _origin_workflows(conn, events)
+        try:
+            async with conn.transaction():  # a savepoint: the whole batch at once, the usual case
+                outcome.add(await _match_batch(conn, events, workflows, origins))
+            return outcome
+        except Exception as exc:
+            if _transient(exc):
+                raise
+            if len(events) == 1:
+                await _mark_failed(conn, events[0], exc, outcome)
+                return outcome
+            log.warning("batch could not be matched; matching its events one by one",
+                        events=len(events), error=_error_text(exc))
+        for event in events:
+            try:
+                async with conn.transaction():  # a savepoint per event
+                    outcome.add(await _match_batch(conn, [event], workflows, origins))
+            except Exception as exc:
+                if _transient(exc):
+                    raise
+                await _mark_failed(conn, event, exc, outcome)
+    return outcome
+
+
+async def _mark_failed(conn: asyncpg.Connection, event: Any, exc: Exception, outcome: Outcome) -> None:
+    """Record that matching ``event`` failed, with the error; the state is final."""
+    error = _error_text(exc)
+    log.error("event could not be matched; marked failed", event_id=event["id"],
+              tenant_id=event["tenant_id"], error=error, exc_info=exc)
+    await conn.execute(store.MARK_FAILED, event["id"], {"error": error, "workflows": []})
+    outcome.failed.append(event["id"])
+
+
+# An error is kept whole up to this size in the event's report; its start beyond.
+MAX_ERROR_CHARS = 2000
+
+
+def _error_text(exc: BaseException) -> str:
+    """The error as text PostgreSQL's jsonb accepts (no NUL, no lone surrogate), cut to size."""
+    text = f"{type(exc).__name__}: {exc}"
+    if len(text) > MAX_ERROR_CHARS:
+        text = f"{text[:MAX_ERROR_CHARS]}… [truncated: {len(text):,} characters in all]"
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+async def _match_batch(
+    conn: asyncpg.Connection, events: list[Any], workflows: dict[str, list[CachedWorkflow]],
+    origins: dict[int, Any],
+) -> Outcome:
+    """Decide, record and create the runs of ``events``; raises if any of them fails."""
+    candidates: list[Candidate] = []
+    for event in events:
+        report = []
+        for workflow in workflows[event["tenant_id"]]:
+            matched, reason = _decide(workflow, dict(event), origins.get(event["origin_run_id"]))
+            report.append({"workflow_id": str(workflow.id), "workflow": workflow.name,
+                           "matched": matched, "reason": reason})
+            if matched and isinstance(workflow.spec, WorkflowSpec):
+                trigger = workflow.spec.trigger.for_entity(event["entity"])  # its field keys the change
+                candidates.append(Candidate(event, workflow.id, workflow.spec, reason,
+                                            *dedupe.keys(trigger, dict(event))))
+        await conn.execute(store.MARK_MATCHED, event["id"], {"workflows": report})
+
+    created = await _create_runs(conn, candidates)
+    started = [row for row in created if row["status"] == "pending"]
+    if started:
+        await conn.execute(store.COUNT_EXECUTIONS, [row["workflow_id"] for row in started])
+    cancelled = await _cancel_waiting_runs(conn, events)
+    return Outcome(started=[row["id"] for row in started], skipped=len(created) - len(started),
+                   cancelled=cancelled)
+
+
+@dataclass
+class Candidate:
+    """A workflow an event matched, before duplicate prevention."""
+
+    event: Any
+    workflow_id: Any
+    spec: WorkflowSpec
+    reason: str
+    dedupe_key: str | None
+    once_key: str | None
+
+
+async def _create_runs(conn: asyncpg.Connection, candidates: list[Candidate]) -> list[Any]:
+    """Insert a run per candidate: pending, or skipped with the reason it duplicates another."""
+    if not candidates:
+        return []
+    # Two batches with changes to the same record must not both decide "no duplicate":
+    # serialise them per (workflow, record) until this transaction ends. Sorted: no deadlock.
+    records = sorted({f"{c.workflow_id}:{c.event['entity']}:{c.event['row_id']}"
+                      for c in candidates if c.dedupe_key})
+    if records:
+        await conn.execute(store.LOCK_RECORDS, records)
+    longest = max(max(c.spec.dedupe.window, c.spec.dedupe.once_per or dt.timedelta(0)) for c in candidates)
+    earlier: dict[Any, list[tuple[str | None, str | None, dt.datetime]]] = defaultdict(list)
+    for row in await conn.fetch(
+        store.RECENT_RUNS, sorted({c.workflow_id for c in candidates}),
+        [c.dedupe_key for c in candidates if c.dedupe_key],
+        [c.once_key for c in candidates if c.once_key], longest.total_seconds(),
+    ):
+        earlier[row["workflow_id"]].append((row["dedupe_key"], row["once_key"], row["created_at"]))
+    now = await conn.fetchval(store.NOW)
+    columns: list[list[Any]] = [[] for _ in range(8)]
+    for c in candidates:
+        skip = dedupe.skip_reason(c.spec.dedupe, c.dedupe_key, c.once_key, earlier[c.workflow_id], now)
+        if skip is None:
+            # Later events of this batch are duplicates of this one.
+            earlier[c.workflow_id].append((c.dedupe_key, c.once_key, now))
+        values = (c.event["tenant_id"], c.workflow_id, c.event["id"], {"reason": c.reason},
+                  c.dedupe_key, c.once_key, "skipped" if skip else "pending", skip)
+        for column, value in zip(columns, values):
+            column.append(value)
+    return list(await conn.fetch(store.INSERT_RUNS, *columns))
+
+
+def _decide(workflow: CachedWorkflow, event: dict[str, Any], origin_workflow: Any) -> tuple[bool, str]:
+    if event["workflow_id"] is not None and event["workflow_id"] != workflow.id:
+        return False, "the event was fired for another workflow"
+    if origin_workflow is not None and origin_workflow == workflow.id:
+        return False, "the change was made by this workflow's own update_record (loop prevented)"
+    if isinstance(workflow.spec, WorkflowValidationError):
+        return False, f"workflow is invalid: {workflow.spec}"
+    verdict = evaluate(workflow.spec, event)
+    return verdict.matched, verdict.reason
+
+
+async def _origin_workflows(conn: asyncpg.Connection, events: list[Any]) -> dict[int, Any]:
+    """For changes Herald made itself: the run that made them -> its workflow."""
+    run_ids = sorted({e["origin_run_id"] for e in events if e["origin_run_id"] is not None})
+    if not run_ids:
+        return {}
+    return {row["id"]: row["workflow_id"] for row in await conn.fetch(store.RUN_WORKFLOWS, run_ids)}
+
+
+async def _cancel_waiting_runs(conn: asyncpg.Connection, events: list[Any]) -> int:
+    """Cancel delayed runs on the same records whose cancel_on triggers these events fire."""
+    keys = list(zip(*[(e["tenant_id"], e["entity"], e["row_id"] or "") for e in events]))
+    waiting = await conn.fetch(store.WAITING_ON_RECORDS, *keys)
+    cancelled = 0
+    for step in waiting:
+        for event in events:
+            if (event["tenant_id"], event["entity"], event["row_id"]) != (
+                step["tenant_id"], step["entity"], step["row_id"]
+            ) or event["id"] <= step["event_id"]:
+                continue
+            fired = next((name for name in step["config"].get("cancel_on", [])
+                          if parse_trigger(name).explain(dict(event)) is None), None)
+            if fired is not None:
+                await conn.execute(store.CANCEL_RUN, step["run_id"],
+                                   f"cancelled by event {event['id']} ({fired})")
+                cancelled += 1
+                break
+    return cancelled
