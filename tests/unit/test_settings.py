@@ -358,3 +358,17 @@ def test_an_installed_herald_refuses_to_share_its_import_names() -> None:
     assert foreign_packages({"daemon": ["herald", "python-daemon"], "config": ["Herald", "config"]}) == {
         "daemon": ["python-daemon"], "config": ["config"]}
     assert foreign_packages() == {}  # this environment: Herald's names are its own
+
+
+@pytest.mark.parametrize("command", [["workflows", "list", "--tenant", "1"], ["migrate"], ["psql", "-c", "SELECT 1"],
+                                     ["retry", "--failed"], ["watch", "jobs"], ["daemon"]])
+def test_a_command_run_where_no_herald_lives_refuses_and_starts_nothing(tmp_path: Path, command: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    env["HERALD_DATA_DIR"] = str(tmp_path / "elsewhere")
+    done = subprocess.run([sys.executable, "-m", "daemon", *command], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    assert done.stderr.splitlines() == [
+        f"herald: no Herald data directory at {tmp_path / 'elsewhere'}: run this where `herald up` runs, give its"
+        " directory with --data-dir or HERALD_DATA_DIR, or set HERALD_DATABASE_URL and HERALD_REDIS_URL"]
+    assert not (tmp_path / "elsewhere").exists()
