@@ -30,7 +30,7 @@ from config.database import quote_ident, quote_qualified
 from config.errors import StepError
 
 
-def _as_text(value: Any) -> str | None:
+def as_text(value: Any) -> str | None:
     """Values reach PostgreSQL as text and are cast to each column's type there."""
     if value is None:
         return None
@@ -118,7 +118,7 @@ def _expressions(
                 expressions.append("now()")
                 continue
             value = fill_value(fills[name])
-        args.append(_as_text(value))
+        args.append(as_text(value))
         expressions.append(_placeholder(first + len(args) - 1, shape.columns[name].type))
     return names, expressions, args
 
