@@ -30,9 +30,11 @@ RETURNING id
 """
 
 # Only a row left by a transient failure (or, where the provider deduplicates
-# by the key, by an attempt of unknown outcome) may be sent again.
+# by the key, by an attempt of unknown outcome) may be sent again. The row
+# records what this attempt sends: after a fix and retry, the new text.
 CLAIM_MESSAGE = """
-UPDATE herald.messages SET status = 'sending', resend_safe = $2
+UPDATE herald.messages
+SET status = 'sending', resend_safe = $2, recipient = $3, subject = $4, body = $5, html_body = $6
 WHERE idempotency_key = $1 AND (status = 'retrying' OR ($2 AND status IN ('sending', 'unknown')))
 RETURNING id
 """
@@ -73,7 +75,9 @@ async def deliver(
                     provider_name, message.idempotency_key, message.recipient, message.subject, message.body,
                     message.html_body, idempotent,
                 )
-        message_id = message_id or await conn.fetchval(CLAIM_MESSAGE, message.idempotency_key, idempotent)
+        message_id = message_id or await conn.fetchval(
+            CLAIM_MESSAGE, message.idempotency_key, idempotent, message.recipient, message.subject, message.body,
+            message.html_body)
         if message_id is None:
             existing = await conn.fetchrow(EXISTING, message.idempotency_key)
             if existing["status"] in DELIVERED:

@@ -10,11 +10,15 @@ from typing import Any
 import asyncpg
 import pytest
 
+from actors.actions.base import StepRun
+from actors.actions.delivery import deliver
 from actors.enriching import enrich_runs
 from actors.matching import match_events
 from actors.model.templates import as_records, render
+from actors.providers import OutboundMessage, ProviderResult
 from actors.workflows_cache import WorkflowCache
-from config.errors import TemplateRenderError
+from config.errors import StepError, TemplateRenderError
+from config.settings import Settings
 from daemon.demo import demo_workflow, load_demo
 from daemon.retries import (
     RetryFilter,
@@ -25,6 +29,7 @@ from daemon.retries import (
     why_not_retried,
 )
 from daemon.workflows import delete_workflow, find_workflow, save_workflow, set_active
+from tests.conftest import a_run
 
 TYPO = "Job Completed - {{ job.titel }}"
 FIXED = "Job Completed - {{ job.title }}"
@@ -223,3 +228,34 @@ async def test_bulk_retry_groups_runs_by_error_and_leaves_those_that_would_fail_
     versions = await conn.fetch("SELECT id, status, workflow_version FROM herald.runs ORDER BY id")
     assert [tuple(row) for row in versions] == [
         (typos[0], "running", 2), (typos[1], "running", 2), (outage, "running", 2), (late, "failed", 2)]
+
+
+async def test_a_message_sent_again_records_what_this_attempt_sent(conn: asyncpg.Connection,
+                                                                   pool: asyncpg.Pool) -> None:
+    """After a transient failure (or support's retry of a refused message) the fixed
+    text goes out under the same key, and the messages row shows that text."""
+    run_id = await a_run(conn)
+    step_id = await conn.fetchval(
+        "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config)"
+        " VALUES ($1, '1', 0, 'email', 'email', 'email', '{}') RETURNING id", run_id)
+    run = StepRun({"tenant_id": "1", "run_id": run_id, "id": step_id}, {},
+                  Settings(database_url="postgresql://unused", redis_url="redis://unused", embedded=False),
+                  pool, None)  # type: ignore[arg-type]
+    sent: list[OutboundMessage] = []
+
+    async def down(message: OutboundMessage) -> ProviderResult:
+        raise StepError("provider down", permanent=False)
+
+    async def up(message: OutboundMessage) -> ProviderResult:
+        sent.append(message)
+        return ProviderResult("sent", "m-1")
+
+    first = OutboundMessage("email", "ann@example.com", "Dear {{ job.titel }}", "key-1", subject="Done: ?")
+    with pytest.raises(StepError):
+        await deliver(run, first, "smtp", down)
+    fixed = OutboundMessage("email", "ann@example.com", "Dear Ann", "key-1", subject="Done: Fix sink")
+    await deliver(run, fixed, "smtp", up)
+    row = await conn.fetchrow("SELECT status, subject, body, provider_message_id FROM herald.messages")
+    assert tuple(row) == ("sent", "Done: Fix sink", "Dear Ann", "m-1")
+    assert [m.subject for m in sent] == ["Done: Fix sink"]
+    assert await conn.fetchval("SELECT count(*) FROM herald.messages") == 1
