@@ -9,6 +9,7 @@ and a time limit well below the lease.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -100,6 +101,27 @@ def make_broker(settings: Settings) -> WakingRedisBroker:
 
 
 _broker: WakingRedisBroker | None = None
+
+# Herald's actors as their modules declare them (:func:`actor`); actors.worker puts
+# them on the broker it sets up. Importing an actor module touches no broker.
+_DECLARED: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+
+
+def actor(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a Herald actor with Dramatiq's options (``queue_name``...); its name is
+    the function's. Nothing reaches a broker until :func:`declare_actors`."""
+    def declare(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _DECLARED.append((fn, options))
+        return fn
+    return declare
+
+
+def declare_actors(broker: dramatiq.Broker) -> list[str]:
+    """Put every declared actor on ``broker``; return their names."""
+    for fn, options in _DECLARED:
+        if fn.__name__ not in broker.actors:
+            dramatiq.actor(fn, broker=broker, **options)
+    return sorted(fn.__name__ for fn, _ in _DECLARED)
 
 
 def setup_broker(settings: Settings | None = None) -> WakingRedisBroker:

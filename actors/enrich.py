@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-import dramatiq
-
 from actors.actions import ACTIONS
-from actors.broker import send
+from actors.broker import actor, send
 from actors.db import get_pool
 from actors.enriching import enrich_runs
 
 
-@dramatiq.actor(queue_name="enrich", max_retries=5, min_backoff=500)
+@actor(queue_name="enrich", max_retries=5, min_backoff=500)
 async def enrich(run_ids: list[int]) -> None:
     pool = await get_pool()
     async with pool.acquire() as conn:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import dramatiq
 import structlog
 
-from actors.broker import send
+from actors.broker import actor, send
 from actors.db import get_pool
 from actors.lazy import PerProcess
 from actors.matching import match_events
@@ -20,7 +19,7 @@ log = structlog.get_logger(__name__)
 _cache: PerProcess[WorkflowCache] = PerProcess(lambda: _new_cache())
 
 
-@dramatiq.actor(queue_name="match", max_retries=5, min_backoff=500)
+@actor(queue_name="match", max_retries=5, min_backoff=500)
 async def match(event_ids: list[int]) -> None:
     pool = await get_pool()
     async with pool.acquire() as conn:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dramatiq
-
+from actors.broker import actor
 from actors.steps import run_steps
 
 
-@dramatiq.actor(queue_name="sms", max_retries=5, min_backoff=500, recipient_limited=True)
+@actor(queue_name="sms", max_retries=5, min_backoff=500, recipient_limited=True)
 async def sms(step_ids: list[int]) -> None:
     await run_steps(step_ids, "sms")

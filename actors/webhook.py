@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dramatiq
-
+from actors.broker import actor
 from actors.steps import run_steps
 
 
-@dramatiq.actor(queue_name="webhook", max_retries=5, min_backoff=500)
+@actor(queue_name="webhook", max_retries=5, min_backoff=500)
 async def webhook(step_ids: list[int]) -> None:
     await run_steps(step_ids, "webhook")

@@ -24,7 +24,6 @@ import datetime as dt
 import email.utils
 import json
 from typing import Any
-
 from urllib.parse import urlencode
 
 import aiohttp
