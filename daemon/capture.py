@@ -91,9 +91,6 @@ class Watched:
     id_column: str
     warnings: list[str] = field(default_factory=list)
 
-    def __str__(self) -> str:
-        return self.table
-
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"

@@ -59,7 +59,7 @@ class StepPreview:
     until: dt.datetime | None = None  # a delay: when it would end
 
     def as_json(self) -> dict[str, Any]:
-        return _jsonable({"position": self.position + 1, "key": self.key, "action": self.action,
+        return jsonable({"position": self.position + 1, "key": self.key, "action": self.action,
                           "status": self.status, "rendered": self.rendered, "result": self.result,
                           "error": self.error, "until": self.until})
 
@@ -188,7 +188,7 @@ class DryRun:
         return self.matched and not any(step.status == FAILED for step in self.steps)
 
     def as_json(self) -> dict[str, Any]:
-        return _jsonable({"workflow": self.workflow, "event": self.event, "matched": self.matched,
+        return jsonable({"workflow": self.workflow, "event": self.event, "matched": self.matched,
                           "reason": self.reason, "context": self.context, "refused": self.refused,
                           "steps": [step.as_json() for step in self.steps]})
 
@@ -340,7 +340,7 @@ async def _dry_run(
     if verdict.matched:
         steps = await preview_steps(spec, context, event, target, settings=settings, conn=conn, clock=now,
                                     blocked=first_blocked_step(spec.steps, built.refused))
-    return DryRun(spec.name, _jsonable(event), verdict.matched, verdict.reason, context, dict(built.refused), steps)
+    return DryRun(spec.name, jsonable(event), verdict.matched, verdict.reason, context, dict(built.refused), steps)
 
 
 # -- stored workflows ----------------------------------------------------------
@@ -357,13 +357,16 @@ async def stored_workflow(conn: asyncpg.Connection, reference: str, tenant: str)
 # -- output --------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: times in ISO form, durations as workflows write them."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return human_duration(value)
     return value
 
 
@@ -432,7 +435,7 @@ def _field_lines(fields: Mapping[str, Any], indent: str) -> list[str]:
         elif isinstance(value, str):
             lines.append(f"{indent}{name}: {value}")
         else:
-            lines.append(f"{indent}{name}: {json.dumps(_jsonable(value), default=str, sort_keys=True)}")
+            lines.append(f"{indent}{name}: {json.dumps(jsonable(value), default=str, sort_keys=True)}")
     return lines
 
 

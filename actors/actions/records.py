@@ -44,8 +44,6 @@ def _placeholder(index: int, column_type: str) -> str:
 
 
 class _CreateRow(Action):
-    target_option: str
-
     async def execute(self, run: StepRun) -> Done:
         step = run.step
         target = (step["action_targets"] or {}).get(self.name)

@@ -16,7 +16,12 @@ import structlog
 
 from config.errors import HeraldConfigError
 from config.settings import Settings, export_worker_settings
-from daemon.cli.common import add_data_dir, require_herald_here, require_own_environment, with_database
+from daemon.cli.common import (
+    add_data_dir,
+    require_herald_here,
+    require_own_environment,
+    with_database,
+)
 
 log = structlog.get_logger("herald")
 

@@ -46,10 +46,26 @@ The format (every key not listed is refused, with the field at fault)::
     }
 """
 
-from daemon.workflow_tests.files import SUFFIX, TestFileError, discover, display_path, load_test_file
-from daemon.workflow_tests.report import describe_case, describe_mismatch, junit_xml, report_lines
+from daemon.workflow_tests.files import (
+    SUFFIX,
+    TestFileError,
+    discover,
+    display_path,
+    load_test_file,
+)
+from daemon.workflow_tests.report import (
+    describe_case,
+    describe_mismatch,
+    junit_xml,
+    report_lines,
+)
 from daemon.workflow_tests.results import CaseResult, FileResult, Mismatch, TestSession
-from daemon.workflow_tests.running import build_event, run_case, run_test_file, run_tests
+from daemon.workflow_tests.running import (
+    build_event,
+    run_case,
+    run_test_file,
+    run_tests,
+)
 
 __all__ = [
     "SUFFIX", "CaseResult", "FileResult", "Mismatch", "TestFileError", "TestSession", "build_event",

@@ -12,13 +12,13 @@ from typing import Any
 from daemon.dry_run import (
     describe_step,
     human_duration,
+    jsonable,
 )
 from daemon.workflow_tests.results import (
     CaseResult,
     FileResult,
     Mismatch,
     TestSession,
-    jsonable,
 )
 
 

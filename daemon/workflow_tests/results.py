@@ -6,10 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.dry_run import (
-    StepPreview,
-    human_duration,
-)
+from daemon.dry_run import StepPreview, jsonable
 
 
 @dataclass
@@ -104,15 +101,3 @@ class TestSession:
                  ((self.passed, "passed"), (self.failed, "failed"), (self.errors, "error" if self.errors == 1 else "errors"))
                  if count]
         return f"{', '.join(parts) or 'no tests ran'} in {self.seconds:.2f}s"
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return human_duration(value)
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value

@@ -30,9 +30,9 @@ from config.database import connection, migrate, migration_files
 from config.embedded_layout import EmbeddedLayout
 from config.errors import HeraldDatabaseError
 from config.settings import Settings
-from dashboard.app import create_app
 from daemon.capture import Relation, watch_table
 from daemon.workflows import import_workflow
+from dashboard.app import create_app
 from tests.conftest import REPO, database_url, wait_until
 from tests.e2e.conftest import running_herald
 
