@@ -91,9 +91,25 @@ async def flow_with_fault(
         parked = await pool.fetchval("SELECT count(*) FROM herald.steps WHERE status = 'unknown'")
         print(f"\n{name}: events={EVENTS} delivered={len(telnyx.delivered)} duplicates={duplicates}"
               f" missing={missing} parked={parked} (provider saw {telnyx.replays} repeated keys)")
+        if missing:
+            print(await where_they_are(pool))
     assert (duplicates, missing, parked) == (0, 0, 0)
     statuses = await pool.fetch("SELECT status, count(*) FROM herald.runs GROUP BY 1")
     assert {row["status"]: row["count"] for row in statuses} == {"completed": EVENTS + extra_runs}
+
+
+async def where_they_are(pool: asyncpg.Pool) -> str:
+    """Where the work of a failed flow stands: events, runs and SMS steps by state."""
+    counts = await pool.fetch(
+        "SELECT 'event ' || state AS what, count(*) FROM herald.events GROUP BY 1"
+        " UNION ALL SELECT 'run ' || status, count(*) FROM herald.runs GROUP BY 1"
+        " UNION ALL SELECT 'step ' || status || ' attempts ' || attempts, count(*)"
+        " FROM herald.steps GROUP BY 1 ORDER BY 1")
+    stuck = await pool.fetch(
+        "SELECT s.run_id, s.status, s.attempts, s.claimed_by, s.updated_at, s.error"
+        " FROM herald.steps s WHERE s.status <> 'completed' ORDER BY s.run_id LIMIT 5")
+    return "\n".join([*(f"  {row['what']}: {row['count']}" for row in counts),
+                      *(f"  {dict(row)}" for row in stuck)])
 
 
 def kill_group(process_pid: int) -> None:
