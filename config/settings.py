@@ -150,6 +150,8 @@ class _Environment(BaseSettings):
     dashboard_port: Port = _var("HERALD_DASHBOARD_PORT")
     # Comma-separated; split into a tuple by from_env.
     dashboard_allowed_hosts: AllowedHosts = _var("HERALD_DASHBOARD_ALLOWED_HOSTS")
+    session_hours: Seconds = _var("HERALD_SESSION_HOURS")
+    session_idle_minutes: Seconds = _var("HERALD_SESSION_IDLE_MINUTES")
     log_level: LogLevelName = _var("HERALD_LOG_LEVEL")
     log_format: LogFormatName = _var("HERALD_LOG_FORMAT")
     worker_processes: Positive = _var("HERALD_WORKER_PROCESSES")
@@ -269,6 +271,9 @@ class Settings:
     # Host names (host or host:port) the dashboard answers to besides its own address and
     # the loopback names; any other Host header is refused (DNS rebinding).
     dashboard_allowed_hosts: tuple[str, ...] = ()
+    # A dashboard login lasts at most this long, and ends sooner after this long unused.
+    session_hours: float = 12.0
+    session_idle_minutes: float = 120.0
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | json | console
     worker_processes: int = 1

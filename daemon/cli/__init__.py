@@ -17,12 +17,12 @@ import structlog
 from config.errors import HeraldError, WorkflowValidationError
 from config.logging import configure_logging
 from config.settings import Settings, current, set_for_process
-from daemon.cli import processes, runs, tables, tenants, testing, workflows
+from daemon.cli import processes, runs, tables, tenants, testing, users, workflows
 from daemon.cli.common import one_line
 
 log = structlog.get_logger("herald")
 
-GROUPS = (processes, tables, workflows, runs, tenants, testing)
+GROUPS = (processes, tables, workflows, runs, tenants, testing, users)
 
 
 def build_parser() -> argparse.ArgumentParser:

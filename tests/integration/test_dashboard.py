@@ -14,12 +14,16 @@ from config.errors import HeraldConfigError
 from config.settings import Settings
 from daemon.demo import load_demo
 from dashboard.app import create_app
+from tests.dashboard_support import make_user, sign_in
 
 
 @pytest.fixture
-async def client(settings: Settings, aiohttp_client: Any) -> TestClient:
+async def client(settings: Settings, aiohttp_client: Any, conn: asyncpg.Connection) -> TestClient:
     # Settings (and so the test database) first: torn down after the app closes its pool.
-    return await aiohttp_client(create_app(settings))
+    client = await aiohttp_client(create_app(settings))
+    await make_user(conn, "admin@example.com", "admin")
+    await sign_in(client, "admin@example.com")
+    return client
 
 
 async def record_run(conn: asyncpg.Connection, job_id: int, *, failed: bool = False) -> int:
@@ -72,7 +76,7 @@ async def test_runs_page_shows_the_rendered_message_escaped(
     await load_demo(conn)
     await record_run(conn, 1)
     await record_run(conn, 4, failed=True)
-    html = await (await client.get("/")).text()
+    html = await (await client.get("/runs")).text()
     assert "Job Completed" in html and "maria.lopez@example.com" in html
     assert "Job Completed - &lt;b&gt;x&lt;/b&gt;" in html  # a rendered message is data, not markup
     assert "client.email is undefined" in html
@@ -147,7 +151,7 @@ async def test_configured_host_names_are_served(settings: Settings, aiohttp_clie
     for host, status in [("herald.example.com", 200), ("Herald.Example.com:443", 200), ("ops.example.com:8443", 200),
                          ("ops.example.com", 400), ("ops.example.com:9999", 400), ("[fd00::5]:80", 200),
                          ("0.0.0.0:{port}", 400), ("evil.example.com", 400), ("127.0.0.1:{port}", 200)]:
-        response = await client.get("/api/runs", headers={"Host": host.format(port=client.port)})
+        response = await client.get("/login", headers={"Host": host.format(port=client.port)})
         assert response.status == status, host
 
 
