@@ -22,8 +22,12 @@ from config.settings import redact_url
 log = structlog.get_logger(__name__)
 
 # What a lost or restarting database looks like to a caller that should wait and try again.
+# InternalClientError too: a connection the server closes in the middle of an operation
+# can leave asyncpg's protocol "another operation is in progress"; the pool drops that
+# connection when it comes back, and the next attempt gets a new one.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg.PostgresError, asyncpg.InterfaceError, OSError, HeraldDatabaseError,
+    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError,
+    HeraldDatabaseError,
 )
 
 MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
