@@ -135,8 +135,8 @@ def error_response(request: web.Request, status: int, message: str) -> web.Strea
     import aiohttp_jinja2
 
     title = ERROR_TITLES.get(status, "Error")
-    return aiohttp_jinja2.render_template("error.html", request, {"status": status, "title": title,
-                                                                   "message": message}, status=status)
+    return aiohttp_jinja2.render_template("error.html", request, {
+        "status": status, "title": title, "message": message, "viewer": None, "csrf_token": ""}, status=status)
 
 
 @web.middleware

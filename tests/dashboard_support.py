@@ -30,5 +30,5 @@ async def sign_in(client: TestClient, email: str, password: str = PASSWORD) -> s
                                                  "csrf_token": csrf_of(form), "next": "/runs"},
                                  allow_redirects=False)
     assert response.status == 303, await response.text()
-    page = await (await client.get("/runs")).text()
+    page = await (await client.get("/account")).text()
     return csrf_of(page)

@@ -103,6 +103,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
         def ready() -> None:
             url = f"http://{settings.dashboard_host}:{settings.dashboard_port}/"
+            if not asyncio.run(_has_users(settings)):
+                print("\nNo dashboard users yet. Create the first admin (in another terminal):\n"
+                      "  herald users add you@example.com --role admin", flush=True)
             print(f"\nHerald is up. Dashboard: {url}\n"
                   f"Try: herald psql -c \"UPDATE jobs SET status='completed' WHERE id=1\"\n"
                   "Press Ctrl-C to stop.\n", flush=True)
@@ -114,6 +117,14 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         supervisor.stop()
         lock.close()
+
+
+async def _has_users(settings: Settings) -> bool:
+    from config.database import connection
+    from daemon.accounts import count_users
+
+    async with connection(settings.database_url) as conn:
+        return await count_users(conn) > 0
 
 
 async def _migrate(settings: Settings) -> list[str]:
@@ -217,6 +228,19 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return int(dramatiq.cli.main() or 0)
 
 
+def loopback_address(host: str) -> bool:
+    """Whether listening on ``host`` keeps the dashboard on this machine."""
+    import ipaddress
+
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -224,6 +248,10 @@ def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
 
     require_herald_here(settings)
     log.info("dashboard listening", host=settings.dashboard_host, port=settings.dashboard_port)
+    if not loopback_address(settings.dashboard_host):
+        log.warning("the dashboard listens beyond this machine: put it behind HTTPS (a proxy terminating TLS)"
+                    " and set HERALD_DASHBOARD_ALLOWED_HOSTS to the names people reach it by",
+                    host=settings.dashboard_host)
     web.run_app(create_app(settings), host=settings.dashboard_host, port=settings.dashboard_port,
                 print=None, access_log=None)
     return 0

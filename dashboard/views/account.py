@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from daemon.accounts import LoginRefused, audit, authenticate, count_users
+from daemon.accounts import AccountError, LoginRefused, audit, authenticate, count_users, reset_password
 from dashboard.auth import (
     SESSION_COOKIE,
     choose_tenant,
@@ -115,3 +115,31 @@ async def template_context(request: web.Request) -> dict[str, Any]:
         async with request.app[POOL].acquire() as conn:
             choices = await known_tenants(conn)
     return {"viewer": who, "csrf_token": who.csrf or "", "tenant_choices": choices}
+
+
+@routes.get("/account", name="account")
+@aiohttp_jinja2.template("account.html")
+async def account_page(request: web.Request) -> dict[str, Any]:
+    return {"done": request.query.get("done") == "password", "error": None}
+
+
+@routes.post("/account/password", name="change_password")
+async def change_password(request: web.Request) -> web.StreamResponse:
+    """A user changes their own password: the current one first; every other session ends."""
+    form = await request.post()
+    who = viewer(request)
+    if who.user is None:
+        raise web.HTTPNotFound()
+    async with request.app[POOL].acquire() as conn:
+        try:
+            await authenticate(conn, who.user.email, str(form.get("current", "")), client=request.remote or "unknown")
+            await reset_password(conn, who.user.email, str(form.get("password", "")), by=who.actor)
+        except (LoginRefused, AccountError) as exc:
+            message = exc.message if isinstance(exc, LoginRefused) else str(exc)
+            return aiohttp_jinja2.render_template("account.html", request, {"done": False, "error": message},
+                                                  status=400)
+        # reset_password ended every session, this one too: start a fresh one.
+        token = await start_session(conn, who.user, request.app[SETTINGS])
+    response = web.HTTPSeeOther("/account?done=password")
+    set_session_cookie(request, response, token, request.app[SETTINGS])
+    raise response
