@@ -135,9 +135,11 @@ def setup_broker(settings: Settings | None = None) -> WakingRedisBroker:
     return _broker
 
 
-def send(actor_name: str, ids: list[int], *, delay_ms: int | None = None) -> None:
+def send(actor_name: str, ids: list[int], *, delay_ms: int | None = None,
+         broker: dramatiq.Broker | None = None) -> None:
     """Send a batch of ids to a Herald actor by its name (each is named after its
-    queue), without importing the actor: a sender needs only the broker."""
+    queue), without importing the actor: a sender needs only a broker (this
+    process's, or ``broker``, e.g. the dashboard's own)."""
     message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=actor_name, actor_name=actor_name, args=(ids,), kwargs={}, options={})
-    setup_broker().enqueue(message, delay=delay_ms or None)
+    (broker or setup_broker()).enqueue(message, delay=delay_ms or None)

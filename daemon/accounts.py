@@ -139,7 +139,7 @@ async def audit(
     """One line of the audit log. ``detail`` must hold no secret."""
     await conn.execute(
         "INSERT INTO herald.audit_log (actor, tenant_id, action, target, reason, detail)"
-        " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+        " VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)",
         actor, tenant_id, action, target, reason, json.dumps(detail or {}, default=str))
 
 

@@ -27,11 +27,10 @@ import asyncpg
 from aiohttp import web
 
 from config.settings import Settings
-from dashboard.guard import wants_json
 from daemon.accounts import User, role_rank, token_for, token_hash, user_by_id
+from dashboard.guard import VIEWER, wants_json
 
 SESSION_COOKIE = "herald_session"
-VIEWER = web.RequestKey("viewer", object)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

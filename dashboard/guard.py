@@ -23,6 +23,8 @@ from config.settings import Settings
 log = structlog.get_logger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
+# Who is asking (a dashboard.auth.Viewer), once sign-in has been checked.
+VIEWER = web.RequestKey("viewer", object)
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 # Addresses to listen on, not names anyone reaches the dashboard by.
@@ -126,7 +128,7 @@ def wants_json(request: web.Request) -> bool:
 
 
 ERROR_TITLES = {400: "That request is not valid", 401: "Sign in first", 403: "Not allowed",
-                404: "Not found", 405: "Not allowed", 413: "Too large", 500: "Something went wrong"}
+                404: "Not found", 405: "Not allowed", 409: "Already changed", 413: "Too large", 500: "Something went wrong"}
 
 
 def error_response(request: web.Request, status: int, message: str) -> web.StreamResponse:
@@ -135,8 +137,11 @@ def error_response(request: web.Request, status: int, message: str) -> web.Strea
     import aiohttp_jinja2
 
     title = ERROR_TITLES.get(status, "Error")
+    who = request.get(VIEWER)  # signed in: the page keeps its header
     return aiohttp_jinja2.render_template("error.html", request, {
-        "status": status, "title": title, "message": message, "viewer": None, "csrf_token": ""}, status=status)
+        "status": status, "title": title, "message": message, "viewer": who, "request": request,
+        "csrf_token": getattr(who, "csrf", None) or "", "tenant_choices": list(getattr(who, "allowed", None) or ())},
+        status=status)
 
 
 @web.middleware

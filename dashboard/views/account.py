@@ -8,7 +8,14 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from daemon.accounts import AccountError, LoginRefused, audit, authenticate, count_users, reset_password
+from daemon.accounts import (
+    AccountError,
+    LoginRefused,
+    audit,
+    authenticate,
+    count_users,
+    reset_password,
+)
 from dashboard.auth import (
     SESSION_COOKIE,
     choose_tenant,
