@@ -23,9 +23,11 @@ from config.database import connection, create_pool
 from config.embedded_layout import EmbeddedLayout
 from config.settings import Settings
 from daemon.workflows import import_workflow
-from dashboard import queries
 from dashboard.app import create_app
+from dashboard.queries import health as health_queries
+from dashboard.queries import runs as queries
 from tests.conftest import wait_until
+from tests.dashboard_support import make_user, sign_in
 from tests.e2e.conftest import Processes, running_herald
 from tests.fakes import Answer, FakeHTTPServer, FakeSMTPServer
 
@@ -186,7 +188,7 @@ async def test_an_event_that_fails_to_match_fails_alone_with_its_reason(
     assert dispatches == 1
 
     async def no_backlog() -> bool:
-        return (await queries.outbox_backlog(conn))["unmatched"] == 0
+        return (await health_queries.outbox_backlog(conn))["unmatched"] == 0
 
     await wait_until(no_backlog, message="an empty outbox")
 
@@ -225,8 +227,10 @@ async def test_a_huge_title_does_not_make_the_runs_page_huge(
 
     client: TestClient = await aiohttp_client(create_app(
         Settings(database_url=db, redis_url=layout.redis_url, embedded=False)))
+    await make_user(conn, "root@example.com", "admin")
+    await sign_in(client, "root@example.com")
     limit = 200_000  # the whole list, whatever is in it: each value is cut to a few KB
-    for path in ("/", "/runs/table", "/api/runs"):
+    for path in ("/runs", "/runs/table", "/api/runs"):
         response = await client.get(path)
         body = await response.read()
         assert response.status == 200 and len(body) < limit, (path, len(body))

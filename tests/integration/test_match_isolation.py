@@ -21,7 +21,8 @@ from actors.model.triggers import parse_trigger
 from actors.workflows_cache import WorkflowCache
 from daemon.capture import Relation, watch_table
 from daemon.workflows import import_workflow
-from dashboard import queries
+from dashboard.queries import health as health_queries
+from dashboard.queries import runs as queries
 
 ANY_JOB_CHANGE = {"name": "any change", "trigger_type": "job_updated", "steps": [
     {"id": "sms", "type": "action", "config": {"actionType": "sms", "message": "hi", "recipient": "+15550101001"}}]}
@@ -58,7 +59,7 @@ async def test_an_event_that_cannot_be_matched_is_failed_and_the_rest_of_its_bat
     async with pool.acquire() as worker:
         again = await match_events(worker, [broken], cache)
     assert (again.events, again.failed) == (0, [])
-    assert (await queries.outbox_backlog(conn))["unmatched"] == 0
+    assert (await health_queries.outbox_backlog(conn))["unmatched"] == 0
 
 
 async def test_a_lone_event_that_cannot_be_matched_is_failed(
