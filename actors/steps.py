@@ -299,10 +299,10 @@ async def _record_outcome(
     assert isinstance(outcome, Done)
     async with conn.transaction():
         await conn.execute(STEP_DONE, step["id"], rendered, outcome.response, elapsed_ms)
-        return await _advance(conn, step)
+        return await advance(conn, step)
 
 
-async def _advance(conn: asyncpg.Connection, step: Mapping[str, Any]) -> list[FollowUp]:
+async def advance(conn: asyncpg.Connection, step: Mapping[str, Any]) -> list[FollowUp]:
     """After a step is done (or skipped): start the next one, or complete the run."""
     following = await conn.fetchrow(NEXT_STEP, step["run_id"], step["position"] + 1)
     if following is None:
@@ -321,7 +321,7 @@ async def _record_error(
         log.info("step skipped by rate limit", reason=str(exc))
         async with conn.transaction():
             await conn.execute(STEP_FAILED, step["id"], "skipped", rendered, str(exc), elapsed_ms)
-            return await _advance(conn, step)
+            return await advance(conn, step)
     policy = RetryPolicy.from_config(step["retry"])
     # A wait the provider asked for (429) is not an attempt.
     spent = 0 if exc.retry_after is not None else 1
