@@ -301,7 +301,8 @@ async def _dry_run(
         owner = row.get(target.tenant_column)
         owner = None if owner is None else str(owner)
         if owner != tenant:
-            raise HeraldConfigError(f"{table_name} {row_id} belongs to tenant {owner}, not {tenant}")
+            raise OtherTenantsRecord(f"{table_name} {row_id} belongs to tenant {owner}, not {tenant}",
+                                     hidden=f"{table_name} has no row {id_column.name} = {row_id!r}")
     elif tenant != "default":
         raise HeraldConfigError(f"{table_name} has no tenant column: its events belong to tenant 'default'")
 
@@ -344,6 +345,16 @@ async def _dry_run(
 
 
 # -- stored workflows ----------------------------------------------------------
+
+class OtherTenantsRecord(HeraldConfigError):
+    """The record asked for is another tenant's. ``hidden`` says the same as for a
+    record that does not exist: what a tenant's user is told (the dashboard),
+    where the CLI, run by someone with the database, names the owner."""
+
+    def __init__(self, message: str, *, hidden: str) -> None:
+        super().__init__(message)
+        self.hidden = hidden
+
 
 async def stored_workflow(conn: asyncpg.Connection, reference: str, tenant: str) -> Any:
     """The current definition of the tenant's stored workflow ``reference`` names (its

@@ -233,13 +233,13 @@ async def save_workflow(
         else:
             saved = await conn.fetchrow(UPDATE_WORKFLOW, existing["id"], spec.name, spec.trigger.name,
                                         document, active)
-    warnings = [] if spec.trigger.resolved else _unwatched_warnings(spec, entities)
+    warnings = [] if spec.trigger.resolved else unwatched_warnings(spec, entities)
     return SavedWorkflow(str(saved["id"]), spec, warnings + problems, saved["version"],
                          None if existing is None else existing["version"], active,
                          existing is not None and existing["deleted_at"] is not None)
 
 
-def _unwatched_warnings(spec: WorkflowSpec, entities: list[str]) -> list[str]:
+def unwatched_warnings(spec: WorkflowSpec, entities: list[str]) -> list[str]:
     """The entity trigger's entity is none Herald watches: nothing fires it until one is."""
     if spec.trigger.scheduled_type is not None:
         return []

@@ -145,7 +145,7 @@ def load_test_file(path: str | Path) -> TestFile:
     cases = []
     names: set[str] = set()
     for i, raw in enumerate(raw_cases):
-        case = _case(raw, f"cases[{i}]", spec, defaults)
+        case = parse_case(raw, f"cases[{i}]", spec, defaults)
         if case.name in names:
             raise TestFileError(f"cases[{i}].name", f"another case is named {case.name!r}")
         names.add(case.name)
@@ -218,7 +218,7 @@ def _merged(defaults: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _case(raw: Any, where: str, spec: WorkflowSpec, defaults: dict[str, Any]) -> Case:
+def parse_case(raw: Any, where: str, spec: WorkflowSpec, defaults: dict[str, Any]) -> Case:
     raw = _object(raw, where)
     _known(raw, CASE_KEYS, where)
     name = _text(raw.get("name"), f"{where}.name")
