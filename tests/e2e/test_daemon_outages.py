@@ -21,7 +21,6 @@ from tests.conftest import wait_until
 from tests.e2e.conftest import Processes
 
 
-
 async def test_redis_down_during_sweeps_and_dispatch_then_back(
     conn: asyncpg.Connection, processes: Processes, servers: EmbeddedServers
 ) -> None:

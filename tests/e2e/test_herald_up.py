@@ -5,6 +5,7 @@ leaving a process behind, and keeps its data for the next start."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,9 +37,14 @@ def processes_mentioning(*needles: str) -> list[str]:
     return found
 
 
+ADMIN = "you@example.com"
+PASSWORD = "a password for the first admin"
+
+
 class Up:
     def __init__(self, data_dir: Path, port: int, log: Path, **env: str) -> None:
         self.data_dir, self.port, self.log = data_dir, port, log
+        self.has_admin = False
         base = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
         self.env = base | {"HERALD_LOG_FORMAT": "json"} | env
         with open(log, "ab") as out:
@@ -54,9 +60,34 @@ class Up:
 
         await wait_until(up, timeout=60, interval=0.1, message="herald up")
 
-    async def runs(self) -> list[dict[str, Any]]:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{self.port}/api/runs") as response:
+    def add_admin(self) -> None:
+        """What the README says to do first: `herald users add ... --role admin`
+        (once per data directory: the user stays for the next `herald up`)."""
+        added = subprocess.run(
+            herald("users", "add", ADMIN, "--role", "admin", "--password-stdin", "--data-dir", str(self.data_dir)),
+            env=self.env, input=PASSWORD + "\n", capture_output=True, text=True, timeout=30)
+        assert (added.returncode == 0 and f"added {ADMIN}" in added.stdout
+                or f"already a user {ADMIN}" in added.stderr), added.stderr
+        self.has_admin = True
+
+    async def runs(self, timeout: float | None = None) -> list[dict[str, Any]] | None:
+        """The runs as /api/runs lists them to the admin, signed in through the login
+        form; None when the dashboard does not answer (it may be restarting)."""
+        if not self.has_admin:
+            self.add_admin()
+        base = f"http://127.0.0.1:{self.port}"
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                         timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.get(f"{base}/login") as page:
+                found = re.search(r'name="csrf_token" value="([^"]+)"', await page.text())
+            if page.status != 200 or found is None:
+                return None
+            async with session.post(f"{base}/login", data={"email": ADMIN, "password": PASSWORD,
+                                                           "csrf_token": found.group(1)}) as signed_in:
+                assert signed_in.url.path == "/", (signed_in.status, await signed_in.text())
+            async with session.get(f"{base}/api/runs") as response:
+                if response.status != 200:
+                    return None
                 return (await response.json())["runs"]  # type: ignore[no-any-return]
 
     def interrupt(self) -> int:
@@ -72,6 +103,8 @@ async def test_up_runs_a_completed_job_and_stops_cleanly(tmp_path: Path) -> None
     try:
         await up.ready()
         assert "demo loaded" in up.log.read_text()
+        assert "No dashboard users yet" in up.log.read_text()
+        up.add_admin()
         psql = subprocess.run(
             herald("psql", "--data-dir", str(data_dir), "-c",
                    "UPDATE jobs SET status='completed' WHERE id=1"),
@@ -80,7 +113,7 @@ async def test_up_runs_a_completed_job_and_stops_cleanly(tmp_path: Path) -> None
         assert psql.returncode == 0 and "UPDATE 1" in psql.stdout, psql.stderr
 
         async def completed_run() -> list[dict[str, Any]]:
-            return [r for r in await up.runs() if r["status"] == "completed"]
+            return [r for r in await up.runs() or [] if r["status"] == "completed"]
 
         [run] = await wait_until(completed_run, timeout=30, message="the run on the dashboard")
         assert [(s["action"], s["status"]) for s in run["steps"]] == [("email", "sent"), ("sms", "sent")]
@@ -96,8 +129,9 @@ async def test_up_runs_a_completed_job_and_stops_cleanly(tmp_path: Path) -> None
     again = Up(data_dir, port, tmp_path / "up2.log")
     try:
         await again.ready()
-        assert [r["id"] for r in await again.runs()] == [run["id"]]
+        assert [r["id"] for r in await again.runs() or []] == [run["id"]]
         assert "demo loaded" not in again.log.read_text()
+        assert "No dashboard users yet" not in again.log.read_text()
         assert again.interrupt() == 0
     finally:
         if again.process.poll() is None:

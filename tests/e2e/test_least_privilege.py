@@ -34,6 +34,7 @@ from daemon.capture import Relation, watch_table
 from daemon.workflows import import_workflow
 from dashboard.app import create_app
 from tests.conftest import REPO, database_url, wait_until
+from tests.dashboard_support import make_user, sign_in
 from tests.e2e.conftest import running_herald
 
 # The application: its own tenancy by row-level security (a session sees the
@@ -219,6 +220,8 @@ async def test_herald_runs_as_a_least_privilege_role(
                 # The dashboard, as Herald's role: its lists and every health check.
                 dashboard = await aiohttp_client(create_app(
                     Settings(database_url=db.url(herald_role), redis_url=redis_url, embedded=False)))
+                await make_user(admin, "root@example.com", "admin")
+                await sign_in(dashboard, "root@example.com")
                 listed = await (await dashboard.get("/api/runs")).json()
                 assert sorted(run["status"] for run in listed["runs"]) == ["completed", "completed"], listed
                 response = await dashboard.get("/health")
@@ -273,7 +276,7 @@ async def test_migrate_without_the_grant_says_which_and_how(
                                       f' "{herald_role}" has no USAGE privilege on it: run as "postgres" or a'
                                       f" superuser: ALTER SCHEMA herald OWNER TO {herald_role};",
             "objects of another role": f'role "{herald_role}" does not own Herald\'s objects in schema herald of'
-                                       f' database "{db.name}" (herald.events, herald.heartbeats and ',
+                                       f' database "{db.name}" (herald.api_tokens, herald.audit_log and ',
         }[case]
 
         async with connection(db.url(herald_role)) as conn:
@@ -283,7 +286,7 @@ async def test_migrate_without_the_grant_says_which_and_how(
         assert "\n" not in str(raised.value)
         if case == "objects of another role":
             message = str(raised.value)
-            assert 'run as "postgres" or a superuser: ALTER TABLE herald.events OWNER TO' in message
+            assert 'run as "postgres" or a superuser: ALTER TABLE herald.api_tokens OWNER TO' in message
             assert f"ALTER FUNCTION herald.capture_change() OWNER TO {herald_role};" in message
             # What it says to run is enough.
             async with connection(db.admin_url) as admin:

@@ -144,11 +144,7 @@ def start_up(ups: list[Up], tmp_path: Path, name: str, data_dir: Path, port: int
 async def runs(up: Up) -> list[dict[str, Any]] | None:
     """The dashboard's runs, or None while it does not answer (it may be restarting)."""
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            async with session.get(f"http://127.0.0.1:{up.port}/api/runs") as response:
-                if response.status != 200:
-                    return None
-                return (await response.json())["runs"]  # type: ignore[no-any-return]
+        return await up.runs(timeout=5)
     except (aiohttp.ClientError, OSError, TimeoutError):
         return None
 

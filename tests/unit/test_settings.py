@@ -308,6 +308,8 @@ COMMAND_ARGS = {
     "retry": ["1"],
     "trigger": ["job_completed", "--payload", "nothing.json", "--tenant", "t1"],
     "rate-limit": ["--tenant", "t1", "--per-recipient", "1"],
+    "users": ["list"],
+    "tokens": ["list"],
 }
 
 
