@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import asyncpg
 from aiohttp.test_utils import TestClient
 
+from config.settings import Settings
 from daemon.accounts import add_user
 
 PASSWORD = "correct horse battery staple"
@@ -21,6 +23,16 @@ def csrf_of(html: str) -> str:
         r'<meta name="csrf-token" content="([^"]+)"', html)
     assert found, "no CSRF token on the page"
     return found.group(1)
+
+
+async def signed_in(aiohttp_client: Any, settings: Settings, conn: asyncpg.Connection, email: str, role: str,
+                    tenants: tuple[str, ...] = ()) -> tuple[TestClient, str]:
+    """A new client of a new dashboard app, signed in as a new user: (client, CSRF token)."""
+    from dashboard.app import create_app
+
+    client = await aiohttp_client(create_app(settings))
+    await make_user(conn, email, role, tenants)
+    return client, await sign_in(client, email)
 
 
 async def sign_in(client: TestClient, email: str, password: str = PASSWORD) -> str:

@@ -11,7 +11,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from dashboard.auth import scope, viewer
-from dashboard.params import choice_param, int_param
+from dashboard.params import choice_param, int_param, parse_id
 from dashboard.queries import events as queries
 from dashboard.resources import POOL
 
@@ -19,7 +19,6 @@ routes = web.RouteTableDef()
 
 MAX_LIMIT = 200
 MAX_TEXT = 200  # entity, record id and type filters
-MAX_EVENT_ID = 2**63 - 1
 STATE_LABELS = {"matched": "matched", "no_match": "no match", "failed": "failed", "pending": "pending"}
 
 
@@ -31,11 +30,8 @@ def _text_param(request: web.Request, name: str) -> str | None:
 
 
 def _event_id(raw: str, name: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"{name} must be an event id (a whole number)") from None
-    if not 1 <= value <= MAX_EVENT_ID:
+    value = parse_id(raw)
+    if value is None:
         raise web.HTTPBadRequest(text=f"{name} must be an event id (a whole number)")
     return value
 
@@ -98,11 +94,11 @@ async def events_page(request: web.Request) -> dict[str, Any]:
 
 
 async def _event(request: web.Request) -> dict[str, Any]:
-    raw = request.match_info["id"]
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_EVENT_ID:
+    event_id = parse_id(request.match_info["id"])
+    if event_id is None:
         raise web.HTTPNotFound()
     # The viewer's whole scope, not ?tenant=: a link to one event works whichever tenant is chosen.
-    event = await queries.one_event(request.app[POOL], scope=viewer(request).scope, event_id=int(raw))
+    event = await queries.one_event(request.app[POOL], scope=viewer(request).scope, event_id=event_id)
     if event is None:
         raise web.HTTPNotFound(text="No such event (or not of a tenant you see).")
     event["record_url"] = record_url(event)

@@ -18,9 +18,8 @@ from aiohttp import web
 
 from daemon import parked
 from daemon.accounts import audit
-from daemon.retries import MAX_RUN_ID
 from dashboard.auth import check_tenant, requires, scope, viewer
-from dashboard.params import choice_param
+from dashboard.params import MAX_ID, choice_param, parse_id, reason_field
 from dashboard.queries import failures as queries
 from dashboard.resources import POOL, send_steps
 
@@ -50,19 +49,14 @@ def _workflow(request: web.Request) -> str | None:
 
 
 def _id(text: str, what: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 19 or not 1 <= int(text) <= MAX_RUN_ID:
-        raise web.HTTPBadRequest(text=f"{what} must be a whole number from 1 to {MAX_RUN_ID}")
-    return int(text)
+    value = parse_id(text)
+    if value is None:
+        raise web.HTTPBadRequest(text=f"{what} must be a whole number from 1 to {MAX_ID}")
+    return value
 
 
 def _reason(form: Any) -> str:
-    value = form.get("reason")
-    text = " ".join(value.split()) if isinstance(value, str) else ""
-    if not text:
-        raise web.HTTPBadRequest(text="Give a reason: it is recorded with what you do.")
-    if len(text) > MAX_REASON_CHARS:
-        raise web.HTTPBadRequest(text=f"The reason must be at most {MAX_REASON_CHARS} characters.")
-    return text
+    return reason_field(form, MAX_REASON_CHARS)
 
 
 def _key(request: web.Request) -> str:

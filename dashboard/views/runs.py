@@ -18,10 +18,10 @@ import structlog
 from aiohttp import web
 
 from daemon.accounts import audit
-from daemon.retries import MAX_RUN_ID, RetryRefused, refusal, retry_one, why_not_retried
+from daemon.retries import RetryRefused, refusal, retry_one, why_not_retried
 from daemon.workflows import CANCEL_RUNS
 from dashboard.auth import check_tenant, requires, scope, viewer
-from dashboard.params import choice_param, int_param
+from dashboard.params import choice_param, int_param, parse_id, reason_field
 from dashboard.queries import runs as queries
 from dashboard.resources import POOL, send_steps
 
@@ -63,9 +63,10 @@ def _id_param(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_RUN_ID:
+    value = parse_id(raw)
+    if value is None:
         raise web.HTTPBadRequest(text=f"{name} must be a run id (a whole number from 1)")
-    return int(raw)
+    return value
 
 
 def _ids_param(request: web.Request) -> list[int] | None:
@@ -73,9 +74,10 @@ def _ids_param(request: web.Request) -> list[int] | None:
     if raw is None:
         return None
     parts = [part.strip() for part in raw.split(",") if part.strip()]
-    if len(parts) > MAX_IDS or not all(p.isascii() and p.isdigit() and 1 <= int(p) <= MAX_RUN_ID for p in parts):
+    ids = [parse_id(part) for part in parts]
+    if len(parts) > MAX_IDS or None in ids:
         raise web.HTTPBadRequest(text=f"ids must be at most {MAX_IDS} run ids, separated by commas")
-    return [int(part) for part in parts]
+    return ids  # type: ignore[return-value]
 
 
 def _date_param(request: web.Request, name: str, *, end: bool) -> dt.datetime | None:
@@ -133,10 +135,10 @@ async def _page_of_runs(request: web.Request) -> tuple[list[dict[str, Any]], int
 
 
 def _run_id(request: web.Request) -> int:
-    raw = request.match_info["run_id"]
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_RUN_ID:
+    value = parse_id(request.match_info["run_id"])
+    if value is None:
         raise web.HTTPNotFound(text="There is no such run.")
-    return int(raw)
+    return value
 
 
 # -- the list ----------------------------------------------------------------------
@@ -266,14 +268,7 @@ async def api_run(request: web.Request) -> web.Response:
 
 
 async def _reason(request: web.Request) -> str:
-    form = await request.post()
-    reason = form.get("reason")
-    reason = " ".join(reason.split()) if isinstance(reason, str) else ""
-    if not reason:
-        raise web.HTTPBadRequest(text="reason is required: say why, for the audit trail")
-    if len(reason) > MAX_REASON:
-        raise web.HTTPBadRequest(text=f"reason must be at most {MAX_REASON} characters")
-    return reason
+    return reason_field(await request.post(), MAX_REASON)
 
 
 async def _owned_run(request: web.Request, run_id: int) -> Any:

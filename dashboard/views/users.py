@@ -15,7 +15,7 @@ from aiohttp import web
 
 from daemon import accounts
 from dashboard.auth import requires, viewer
-from dashboard.params import int_param
+from dashboard.params import int_param, parse_id
 from dashboard.resources import POOL
 
 routes = web.RouteTableDef()
@@ -121,7 +121,7 @@ async def audit_page(request: web.Request) -> dict[str, Any]:
 
 
 def int_param_path(request: web.Request, name: str) -> int:
-    value = int(request.match_info[name])
-    if value > 2**63 - 1:
+    value = parse_id(request.match_info[name])
+    if value is None:
         raise web.HTTPNotFound()
     return value

@@ -21,8 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from daemon.demo import load_demo
-from dashboard.app import create_app
-from tests.dashboard_support import make_user, sign_in
+from tests.dashboard_support import signed_in
 
 SVG = "{http://www.w3.org/2000/svg}"
 # Today's UTC midnight by the database's clock, read once per test: every row is
@@ -32,19 +31,15 @@ TODAY = "SELECT date_trunc('day', clock_timestamp() AT TIME ZONE 'UTC') AT TIME 
 
 @pytest.fixture
 async def admin(settings: Settings, aiohttp_client: Any, conn: asyncpg.Connection) -> TestClient:
-    client = await aiohttp_client(create_app(settings))
     await load_demo(conn)
-    await make_user(conn, "admin@example.com", "admin")
-    await sign_in(client, "admin@example.com")
+    client, _ = await signed_in(aiohttp_client, settings, conn, "admin@example.com", "admin")
     return client
 
 
 @pytest.fixture
 async def tenant_one(settings: Settings, aiohttp_client: Any, conn: asyncpg.Connection,
                      admin: TestClient) -> TestClient:
-    client = await aiohttp_client(create_app(settings))
-    await make_user(conn, "viewer1@example.com", "viewer", ("1",))
-    await sign_in(client, "viewer1@example.com")
+    client, _ = await signed_in(aiohttp_client, settings, conn, "viewer1@example.com", "viewer", ("1",))
     return client
 
 

@@ -15,25 +15,20 @@ from actors.matching import match_events
 from actors.workflows_cache import WorkflowCache
 from config.settings import Settings
 from daemon.demo import load_demo
-from dashboard.app import create_app
-from tests.dashboard_support import make_user, sign_in
+from tests.dashboard_support import signed_in
 
 
 @pytest.fixture
 async def admin(settings: Settings, aiohttp_client: Any, conn: asyncpg.Connection) -> TestClient:
-    client = await aiohttp_client(create_app(settings))
     await load_demo(conn)
-    await make_user(conn, "admin@example.com", "admin")
-    await sign_in(client, "admin@example.com")
+    client, _ = await signed_in(aiohttp_client, settings, conn, "admin@example.com", "admin")
     return client
 
 
 @pytest.fixture
 async def tenant_one(settings: Settings, aiohttp_client: Any, conn: asyncpg.Connection,
                      admin: TestClient) -> TestClient:
-    client = await aiohttp_client(create_app(settings))
-    await make_user(conn, "viewer1@example.com", "viewer", ("1",))
-    await sign_in(client, "viewer1@example.com")
+    client, _ = await signed_in(aiohttp_client, settings, conn, "viewer1@example.com", "viewer", ("1",))
     return client
 
 

@@ -14,11 +14,10 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from daemon.demo import load_demo
-from dashboard.app import create_app
 from dashboard.charts import BOTTOM, HEIGHT, TOP, Series, line_chart, stacked_bars
 from dashboard.views.health import QUEUES
 from dashboard.views.overview import duration
-from tests.dashboard_support import make_user, sign_in
+from tests.dashboard_support import signed_in
 
 SVG = "{http://www.w3.org/2000/svg}"
 SECRETS = {"mailgun_api_key": "key-mailgun-SECRET-4f1c", "smtp_password": "smtp-SECRET-hunter2",
@@ -35,19 +34,15 @@ def overview_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def admin(overview_settings: Settings, aiohttp_client: Any, conn: asyncpg.Connection) -> TestClient:
-    client = await aiohttp_client(create_app(overview_settings))
     await load_demo(conn)
-    await make_user(conn, "admin@example.com", "admin")
-    await sign_in(client, "admin@example.com")
+    client, _ = await signed_in(aiohttp_client, overview_settings, conn, "admin@example.com", "admin")
     return client
 
 
 @pytest.fixture
 async def tenant_one(overview_settings: Settings, aiohttp_client: Any, conn: asyncpg.Connection,
                      admin: TestClient) -> TestClient:
-    client = await aiohttp_client(create_app(overview_settings))
-    await make_user(conn, "viewer1@example.com", "viewer", ("1",))
-    await sign_in(client, "viewer1@example.com")
+    client, _ = await signed_in(aiohttp_client, overview_settings, conn, "viewer1@example.com", "viewer", ("1",))
     return client
 
 

@@ -22,9 +22,8 @@ from actors.matching import match_events
 from actors.workflows_cache import WorkflowCache
 from config.settings import Settings
 from daemon.demo import load_demo
-from dashboard.app import create_app
 from tests.conftest import wait_until
-from tests.dashboard_support import make_user, sign_in
+from tests.dashboard_support import signed_in
 
 TEMPLATE_ERROR = "step 1 (step-1, email): 'client' has no attribute 'emial'"
 
@@ -32,13 +31,6 @@ TEMPLATE_ERROR = "step 1 (step-1, email): 'client' has no attribute 'emial'"
 @pytest.fixture
 async def demo(conn: asyncpg.Connection) -> None:
     await load_demo(conn)
-
-
-async def signed_in(aiohttp_client: Any, settings: Settings, conn: asyncpg.Connection, email: str, role: str,
-                    tenants: tuple[str, ...] = ()) -> tuple[TestClient, str]:
-    client = await aiohttp_client(create_app(settings))
-    await make_user(conn, email, role, tenants)
-    return client, await sign_in(client, email)
 
 
 @pytest.fixture
