@@ -101,9 +101,10 @@ async def finished_run(conn: asyncpg.Connection, tenant: str, timeout: float = 3
 
 
 async def settled_event(conn: asyncpg.Connection, tenant: str) -> asyncpg.Record:
-    """The tenant's (only) event once it is no longer waiting to be matched."""
+    """The tenant's (only) job event once it is no longer waiting to be matched (making
+    the tenant's client was an event too, of the client entity)."""
     async def probe() -> asyncpg.Record | None:
-        return await conn.fetchrow("SELECT * FROM herald.events WHERE tenant_id = $1"
+        return await conn.fetchrow("SELECT * FROM herald.events WHERE tenant_id = $1 AND entity = 'job'"
                                    " AND state NOT IN ('pending', 'dispatched')", tenant)
 
     return await wait_until(probe, timeout=30, message=f"tenant {tenant}'s event to be settled")
