@@ -6,6 +6,12 @@ Throughput: N jobs complete in one transaction; events/s until every run has
 delivered its email and SMS (capture provider). Latency: jobs complete one at
 a time at --rate per second; time from the job's commit (the outbox row's
 created_at) to its first message row. Reports medians over --runs runs.
+
+This is the quick, older check (capture providers, no network, all jobs in one
+transaction). The project's benchmark is ``python -m tests.bench.run``: one job
+per transaction, open-loop rate and max modes, HTTP providers answering after a
+fixed delay, per-channel latency measured at the provider, CPU and memory per
+process group, and the capture trigger's write overhead.
 """
 
 from __future__ import annotations
