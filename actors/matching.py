@@ -138,8 +138,6 @@ async def _match_batch(
 
     created = await _create_runs(conn, candidates)
     started = [row for row in created if row["status"] == "pending"]
-    if started:
-        await conn.execute(store.COUNT_EXECUTIONS, [row["workflow_id"] for row in started])
     cancelled = await _cancel_waiting_runs(conn, events)
     return Outcome(started=[row["id"] for row in started], skipped=len(created) - len(started),
                    cancelled=cancelled)

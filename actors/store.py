@@ -63,13 +63,6 @@ WHERE workflow_id = ANY($1::uuid[]) AND status <> 'skipped'
   AND created_at > clock_timestamp() - make_interval(secs => $4)
 """
 
-COUNT_EXECUTIONS = """
-UPDATE herald.workflows w
-SET execution_count = w.execution_count + c.n
-FROM (SELECT workflow_id, count(*) AS n FROM unnest($1::uuid[]) AS workflow_id GROUP BY 1) c
-WHERE w.id = c.workflow_id
-"""
-
 NOW = "SELECT clock_timestamp()"
 
 LOCK_RECORDS = """

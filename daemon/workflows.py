@@ -73,11 +73,17 @@ WHERE id = $1
 RETURNING id, version
 """
 
+# How often a workflow ran is counted from its runs (those not skipped as
+# duplicates), not kept on the workflow's row: a counter there is one row
+# every matching transaction would update, and they would queue for its lock.
 EXPORT = """
-SELECT id, tenant_id, source_id, name, version, definition, is_active, execution_count
-FROM herald.workflows
-WHERE deleted_at IS NULL AND ($1::text IS NULL OR tenant_id = $1)
-ORDER BY tenant_id, created_at, id
+SELECT w.id, w.tenant_id, w.source_id, w.name, w.version, w.definition, w.is_active,
+       coalesce(ran.n, 0) AS execution_count
+FROM herald.workflows w
+LEFT JOIN (SELECT workflow_id, count(*) AS n FROM herald.runs WHERE status <> 'skipped' GROUP BY 1) ran
+       ON ran.workflow_id = w.id
+WHERE w.deleted_at IS NULL AND ($1::text IS NULL OR w.tenant_id = $1)
+ORDER BY w.tenant_id, w.created_at, w.id
 """
 
 BY_ID = f"SELECT {WORKFLOW_FIELDS} FROM herald.workflows WHERE id = $1"

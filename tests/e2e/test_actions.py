@@ -20,7 +20,7 @@ from config.database import connection
 from config.embedded_layout import EmbeddedLayout
 from daemon.capture import Relation, watch_table
 from daemon.demo import load_demo
-from daemon.workflows import import_workflow
+from daemon.workflows import export_workflows, import_workflow
 from tests.conftest import REPO, fresh_database, wait_until
 from tests.e2e.conftest import Processes, running_herald
 
@@ -262,8 +262,8 @@ async def test_a_changed_workflow_is_used_for_the_next_event(conn: asyncpg.Conne
         return [row["body"] for row in rows] if len(rows) == 2 else []
 
     assert await wait_until(two_drafts, message="the second run's draft") == ["first version", "second version"]
-    assert await conn.fetchval(
-        "SELECT execution_count FROM herald.workflows WHERE tenant_id = $1", tenant) == 2
+    [exported] = await export_workflows(conn, tenant)
+    assert exported["execution_count"] == 2
 
 
 @pytest.mark.parametrize(
