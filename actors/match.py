@@ -1,4 +1,5 @@
-"""The match actor: a message of event ids, matched by :func:`actors.matching.match_events`."""
+"""The match actor: a message of event ids, matched by :func:`actors.matching.match_events`;
+the runs it starts are enriched at once, in the same message."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import structlog
 
 from actors.broker import actor, send
 from actors.db import get_pool
+from actors.enrich import enrich_and_start
 from actors.lazy import PerProcess
 from actors.matching import match_events
 from actors.workflows_cache import WorkflowCache
@@ -24,12 +26,22 @@ async def match(event_ids: list[int]) -> None:
     pool = await get_pool()
     async with pool.acquire() as conn:
         outcome = await match_events(conn, event_ids, await _cache.get())
-    if outcome.events:
-        log.info("events matched", events=outcome.events, failed=len(outcome.failed),
-                 runs=len(outcome.started), skipped=outcome.skipped, cancelled=outcome.cancelled)
-    if outcome.started:
-        # Off the event loop: a slow Redis must not stall the other actors.
-        await asyncio.to_thread(send, "enrich", outcome.started)
+        if outcome.events:
+            log.info("events matched", events=outcome.events, failed=len(outcome.failed),
+                     runs=len(outcome.started), skipped=outcome.skipped, cancelled=outcome.cancelled)
+        if not outcome.started:
+            return
+        try:
+            await enrich_and_start(conn, outcome.started)
+            return
+        except Exception as exc:
+            # The runs are committed, pending: this message must not fail now (matching it
+            # again finds nothing to do), so they go to the enrich actor and its retries.
+            log.warning("could not enrich the runs just started; sending them to the enrich actor",
+                        runs=len(outcome.started), error=repr(exc))
+    # Off the event loop: a slow Redis must not stall the other actors. If Redis is
+    # down too, the runs stay pending and the daemon's sweeper sends them after the lease.
+    await asyncio.to_thread(send, "enrich", outcome.started)
 
 
 async def _new_cache() -> WorkflowCache:

@@ -243,3 +243,43 @@ async def test_lists_of_runs_cut_long_values_and_one_run_has_them_whole(
     [whole] = await queries.recent_runs(pool, tenant=None, status=None, limit=1, run_id=run_id, clip=None)
     assert whole["error"] == "e" * 3000 and whole["steps"][0]["rendered"] == rendered
     assert await queries.recent_runs(pool, tenant=None, status=None, limit=1, run_id=run_id + 1) == []
+
+
+async def test_runs_a_match_message_starts_are_enriched_at_once_or_handed_to_the_enrich_actor(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache, monkeypatch: Any
+) -> None:
+    from actors import match as match_actor
+
+    async def the_pool() -> asyncpg.Pool:
+        return pool
+
+    class Cache:
+        async def get(self) -> WorkflowCache:
+            return cache
+
+    sent: list[tuple[str, list[int]]] = []
+    monkeypatch.setattr(match_actor, "get_pool", the_pool)
+    monkeypatch.setattr(match_actor, "_cache", Cache())
+    monkeypatch.setattr("actors.enrich.send", lambda actor, ids: sent.append((actor, ids)))
+    monkeypatch.setattr(match_actor, "send", lambda actor, ids: sent.append((actor, ids)))
+    await import_workflow(conn, "a", ANY_JOB_CHANGE)
+
+    # Enriched in the same message: the run's first step goes straight to its actor.
+    first = await job_event(conn, "a", {"id": 1, "title": "Fix sink"})
+    await conn.execute("UPDATE herald.events SET state = 'dispatched' WHERE id = $1", first)
+    await match_actor.match([first])
+    run = await conn.fetchrow("SELECT id, status FROM herald.runs WHERE event_id = $1", first)
+    step = await conn.fetchval("SELECT id FROM herald.steps WHERE run_id = $1", run["id"])
+    assert run["status"] == "running" and sent == [("sms", [step])]
+
+    # Enrichment fails (here: PostgreSQL refuses the transaction): the message still
+    # succeeds, and the run, committed pending, goes to the enrich actor and its retries.
+    async def refused(conn: asyncpg.Connection, run_ids: list[int]) -> None:
+        raise asyncpg.exceptions.SerializationError("could not serialize access")
+
+    monkeypatch.setattr(match_actor, "enrich_and_start", refused)
+    second = await job_event(conn, "a", {"id": 1, "title": "Fix tap"})
+    await conn.execute("UPDATE herald.events SET state = 'dispatched' WHERE id = $1", second)
+    await match_actor.match([second])
+    run = await conn.fetchrow("SELECT id, status FROM herald.runs WHERE event_id = $1", second)
+    assert run["status"] == "pending" and sent[-1] == ("enrich", [run["id"]])
