@@ -158,6 +158,7 @@ class _Environment(BaseSettings):
     worker_threads: Positive = _var("HERALD_WORKER_THREADS")
     worker_timeout_ms: Positive = _var("HERALD_WORKER_TIMEOUT_MS")
     dispatch_batch_size: Positive = _var("HERALD_DISPATCH_BATCH_SIZE")
+    dispatch_in_flight: Positive = _var("HERALD_DISPATCH_IN_FLIGHT")
     sweep_interval_s: Seconds = _var("HERALD_SWEEP_INTERVAL")
     lease_s: Seconds = _var("HERALD_LEASE")
     heartbeat_interval_s: Seconds = _var("HERALD_HEARTBEAT_INTERVAL")
@@ -281,6 +282,8 @@ class Settings:
     # How long an idle Dramatiq consumer waits for a wake-up before polling.
     worker_timeout_ms: int = 1000
     dispatch_batch_size: int = 200
+    # Match messages left unmatched before new events wait to go in one batch.
+    dispatch_in_flight: int = 2
     sweep_interval_s: float = 5.0
     # Work claimed but not finished within the lease is picked up again.
     lease_s: float = 30.0

@@ -1,9 +1,22 @@
-"""Claim pending outbox events in batches and send them to the match actor."""
+"""Claim pending outbox events in batches and send them to the match actor.
+
+Batches grow with load. While the workers keep up, each event is sent the
+moment it is captured, alone. While ``max_in_flight`` earlier messages are
+still waiting to be matched, new events stay pending in the outbox and go
+together in the next message, so that under load every hop after this one
+(match, each step's actor) handles many events per message instead of paying
+a message, a thread and a transaction per event, which would leave a worker
+that fell behind ever further behind. A message unmatched after
+``hold_limit_s`` (lost, or behind a long queue) no longer holds the outbox
+back: holding adds at most that much latency.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import asyncpg
 import structlog
@@ -15,15 +28,35 @@ log = structlog.get_logger(__name__)
 
 Send = Callable[[list[int]], object]
 
+# A message unmatched this long stops holding the outbox back.
+HOLD_LIMIT_S = 1.0
+# While holding, how often to look whether the earlier messages were matched.
+HOLD_POLL_S = 0.005
+
+
+@dataclass
+class InFlight:
+    """A match message sent and not yet seen matched."""
+
+    ids: list[int]
+    sent_at: float
+
 
 class Dispatcher:
     """Drains the outbox whenever woken (by NOTIFY) and on a timer (catch-up)."""
 
-    def __init__(self, pool: asyncpg.Pool, send: Send, *, batch_size: int, idle_s: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, send: Send, *, batch_size: int, idle_s: float,
+                 max_in_flight: int, hold_limit_s: float = HOLD_LIMIT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.pool = pool
         self.send = send
         self.batch_size = batch_size
         self.idle_s = idle_s
+        self.max_in_flight = max_in_flight
+        self.hold_limit_s = hold_limit_s
+        self.clock = clock
+        self.in_flight: list[InFlight] = []
+        self.holding = False  # events may be waiting behind unmatched messages
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -35,7 +68,8 @@ class Dispatcher:
             while not stop.is_set():
                 waking = asyncio.ensure_future(self._wake.wait())
                 await asyncio.wait(
-                    [waking, stopping], timeout=self.idle_s, return_when=asyncio.FIRST_COMPLETED
+                    [waking, stopping], timeout=HOLD_POLL_S if self.holding else self.idle_s,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 waking.cancel()
                 self._wake.clear()
@@ -49,9 +83,13 @@ class Dispatcher:
             stopping.cancel()
 
     async def drain(self) -> int:
-        """Dispatch every pending event, a batch at a time; return how many."""
+        """Dispatch pending events, a batch at a time, while fewer than
+        ``max_in_flight`` earlier messages wait to be matched; return how many."""
         total = 0
         while True:
+            self.holding = not await self._room()
+            if self.holding:
+                return total
             rows = await self.pool.fetch(outbox.CLAIM_PENDING, self.batch_size)
             if not rows:
                 return total
@@ -64,6 +102,18 @@ class Dispatcher:
                 await self.pool.execute(outbox.UNCLAIM, ids)
                 log.warning("could not send match message", events=len(ids), error=str(exc))
                 return total
+            self.in_flight.append(InFlight(ids, self.clock()))
             total += len(ids)
             if len(ids) < self.batch_size:
                 return total
+
+    async def _room(self) -> bool:
+        """Forget the messages matched or past the hold limit; is there room for another?"""
+        now = self.clock()
+        self.in_flight = [m for m in self.in_flight if now - m.sent_at < self.hold_limit_s]
+        if len(self.in_flight) < self.max_in_flight:
+            return True
+        unmatched = set(await self.pool.fetchval(
+            outbox.STILL_DISPATCHED, [i for m in self.in_flight for i in m.ids]))
+        self.in_flight = [m for m in self.in_flight if unmatched.intersection(m.ids)]
+        return len(self.in_flight) < self.max_in_flight

@@ -26,6 +26,11 @@ FROM next WHERE e.id = next.id
 RETURNING e.id
 """
 
+# Which of these events, sent to the match actor, it has not yet matched.
+STILL_DISPATCHED = """
+SELECT coalesce(array_agg(id), '{}') FROM herald.events WHERE id = ANY($1::bigint[]) AND state = 'dispatched'
+"""
+
 # The message could not be sent: leave the events for the next attempt.
 UNCLAIM = "UPDATE herald.events SET state = 'pending' WHERE id = ANY($1::bigint[]) AND state = 'dispatched'"
 

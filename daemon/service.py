@@ -43,6 +43,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> i
         dispatcher = Dispatcher(
             pool, lambda ids: send("match", ids),
             batch_size=settings.dispatch_batch_size, idle_s=settings.sweep_interval_s,
+            max_in_flight=settings.dispatch_in_flight,
         )
         sweeper = Sweeper(pool, send, lease_s=settings.lease_s, interval_s=settings.sweep_interval_s,
                           liveness_s=settings.liveness_s, abandoned_s=settings.actor_time_limit_s + 5)

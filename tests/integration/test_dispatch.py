@@ -26,13 +26,49 @@ async def make_events(conn: asyncpg.Connection, count: int) -> list[int]:
 async def test_drain_claims_in_batches_in_order(conn: asyncpg.Connection, pool: asyncpg.Pool) -> None:
     ids = await make_events(conn, 450)
     sent: list[list[int]] = []
-    dispatcher = Dispatcher(pool, sent.append, batch_size=200, idle_s=1)
+    dispatcher = Dispatcher(pool, sent.append, batch_size=200, idle_s=1, max_in_flight=5)
     assert await dispatcher.drain() == 450
     assert [len(batch) for batch in sent] == [200, 200, 50]
     assert [i for batch in sent for i in batch] == ids
     assert await dispatcher.drain() == 0
     states = await conn.fetch("SELECT DISTINCT state, dispatch_count FROM herald.events")
     assert [(s["state"], s["dispatch_count"]) for s in states] == [("dispatched", 1)]
+
+
+async def add_event(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval(
+        "INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, new)"
+        " VALUES ('1', 'job', 'public.jobs', '1', 'UPDATE', 'job.updated', '{}') RETURNING id")
+
+
+async def test_events_wait_to_go_together_while_earlier_messages_are_unmatched(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    now = [0.0]
+    sent: list[list[int]] = []
+    dispatcher = Dispatcher(pool, sent.append, batch_size=200, idle_s=1, max_in_flight=2,
+                            hold_limit_s=1.0, clock=lambda: now[0])
+    # Workers keeping up: each event goes the moment it is drained, alone.
+    first, second = await add_event(conn), await add_event(conn)
+    assert await dispatcher.drain() == 2
+    assert sent == [[first, second]]
+    third = await add_event(conn)
+    assert await dispatcher.drain() == 1 and sent[-1] == [third]
+    # Two messages unmatched: later events wait in the outbox, still pending.
+    held = [await add_event(conn) for _ in range(3)]
+    assert await dispatcher.drain() == 0 and dispatcher.holding
+    assert await conn.fetchval("SELECT count(*) FROM herald.events WHERE id = ANY($1) AND state = 'pending'",
+                               held) == 3
+    # The first message matched: the held events go out together, in one message.
+    await conn.execute("UPDATE herald.events SET state = 'matched' WHERE id = ANY($1)", [first, second])
+    assert await dispatcher.drain() == 3
+    assert sent[-1] == held and not dispatcher.holding
+    # Nothing matched for longer than the hold limit (a lost message): it stops holding.
+    late = await add_event(conn)
+    assert await dispatcher.drain() == 0
+    now[0] = 1.5
+    assert await dispatcher.drain() == 1 and sent[-1] == [late]
+    assert len(sent) == 4
 
 
 async def test_events_go_back_to_pending_when_the_queue_is_down(
@@ -43,7 +79,7 @@ async def test_events_go_back_to_pending_when_the_queue_is_down(
     def redis_down(ids: list[int]) -> None:
         raise redis.ConnectionError("Error 111 connecting to redis")
 
-    assert await Dispatcher(pool, redis_down, batch_size=10, idle_s=1).drain() == 0
+    assert await Dispatcher(pool, redis_down, batch_size=10, idle_s=1, max_in_flight=2).drain() == 0
     assert await conn.fetchval("SELECT count(*) FROM herald.events WHERE state = 'pending'") == 3
 
 
@@ -51,7 +87,7 @@ async def test_sweeper_resends_lost_messages_after_the_lease(
     conn: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
     ids = await make_events(conn, 3)
-    await Dispatcher(pool, lambda ids: None, batch_size=10, idle_s=1).drain()  # message lost
+    await Dispatcher(pool, lambda ids: None, batch_size=10, idle_s=1, max_in_flight=2).drain()  # message lost
     resent: list[tuple[str, list[int]]] = []
     sweeper = Sweeper(pool, lambda actor, ids: resent.append((actor, ids)), lease_s=60, interval_s=1,
                       liveness_s=15, abandoned_s=30)
@@ -142,7 +178,7 @@ async def test_tenants_take_turns_when_one_bursts(conn: asyncpg.Connection, pool
         " SELECT CASE WHEN g <= 300 THEN 'busy' ELSE 'quiet' END, 'job', 'public.jobs', g::text, 'INSERT',"
         " 'job.created', '{}'::jsonb FROM generate_series(1, 303) g")
     sent: list[list[int]] = []
-    await Dispatcher(pool, sent.append, batch_size=10, idle_s=1).drain()
+    await Dispatcher(pool, sent.append, batch_size=10, idle_s=1, max_in_flight=100).drain()
     first = await conn.fetch("SELECT tenant_id FROM herald.events WHERE id = ANY($1)", sent[0])
     # The quiet tenant's three events go out in the first batch, not after the busy one's 300.
     assert sorted(r["tenant_id"] for r in first).count("quiet") == 3
