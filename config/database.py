@@ -43,6 +43,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _no_session_state(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs when it comes back, besides what asyncpg always
+    does (roll back a transaction left open, drop listener callbacks): nothing.
+
+    Herald keeps no session state on pooled connections: its settings are
+    transaction-local (``set_config(..., true)``), and its LISTENs and session
+    advisory locks (listener, scheduler leader, migrations) live on dedicated
+    connections. asyncpg's default reset query (``RESET ALL``, ``CLOSE ALL``,
+    ``UNLISTEN *``, ``pg_advisory_unlock_all()``) would cost a round trip on
+    every release, about ten per event.
+    """
+
+
 def _json_dumps(value: Any) -> str:
     return json.dumps(value, default=str)
 
@@ -63,7 +76,7 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_session_state
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise HeraldDatabaseError(f"cannot connect to PostgreSQL at {redact_url(dsn)}: {exc}") from exc
