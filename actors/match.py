@@ -1,5 +1,6 @@
-"""The match actor: a message of event ids, matched by :func:`actors.matching.match_events`;
-the runs it starts are enriched at once, in the same message."""
+"""The match actor: a message of event ids, matched by :func:`actors.matching.match_events`.
+The runs it starts are enriched and their first steps carried out in the same
+message: an event needs no other message unless a step waits or is retried."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import structlog
 
 from actors.broker import actor, send
 from actors.db import get_pool
-from actors.enrich import enrich_and_start
+from actors.enriching import enrich_runs
 from actors.lazy import PerProcess
 from actors.matching import match_events
+from actors.steps import message_deadline, start_steps
 from actors.workflows_cache import WorkflowCache
 from config.settings import current
 
@@ -23,25 +25,28 @@ _cache: PerProcess[WorkflowCache] = PerProcess(lambda: _new_cache())
 
 @actor(queue_name="match", max_retries=5, min_backoff=500)
 async def match(event_ids: list[int]) -> None:
+    deadline = message_deadline()
     pool = await get_pool()
+    first_steps = None
     async with pool.acquire() as conn:
         outcome = await match_events(conn, event_ids, await _cache.get())
         if outcome.events:
             log.info("events matched", events=outcome.events, failed=len(outcome.failed),
                      runs=len(outcome.started), skipped=outcome.skipped, cancelled=outcome.cancelled)
-        if not outcome.started:
-            return
-        try:
-            await enrich_and_start(conn, outcome.started)
-            return
-        except Exception as exc:
-            # The runs are committed, pending: this message must not fail now (matching it
-            # again finds nothing to do), so they go to the enrich actor and its retries.
-            log.warning("could not enrich the runs just started; sending them to the enrich actor",
-                        runs=len(outcome.started), error=repr(exc))
-    # Off the event loop: a slow Redis must not stall the other actors. If Redis is
-    # down too, the runs stay pending and the daemon's sweeper sends them after the lease.
-    await asyncio.to_thread(send, "enrich", outcome.started)
+        if outcome.started:
+            try:
+                first_steps = await enrich_runs(conn, outcome.started)
+            except Exception as exc:
+                # The runs are committed, pending: this message must not fail now (matching
+                # it again finds nothing to do), so they go to the enrich actor and its retries.
+                log.warning("could not enrich the runs just started; sending them to the enrich actor",
+                            runs=len(outcome.started), error=repr(exc))
+    if first_steps is not None:
+        await start_steps(first_steps, deadline)  # on connections of their own
+    elif outcome.started:
+        # Off the event loop: a slow Redis must not stall the other actors. If Redis is
+        # down too, the runs stay pending and the daemon's sweeper sends them after the lease.
+        await asyncio.to_thread(send, "enrich", outcome.started)
 
 
 async def _new_cache() -> WorkflowCache:

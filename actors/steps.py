@@ -176,8 +176,17 @@ def _slots_of_this_process() -> Slots:
     return _slots.setdefault(os.getpid(), Slots(DELIVERY_SLOTS))
 
 
-async def run_steps(step_ids: list[int], actor_name: str) -> None:
-    """Carry out the claimable steps among ``step_ids`` whose action runs on ``actor_name``."""
+async def run_steps(step_ids: list[int], actor_name: str, deadline: float | None = None) -> None:
+    """Carry out the claimable steps among ``step_ids`` whose action runs on ``actor_name``,
+    then the steps that follow them at once (see :func:`_hand_on`).
+
+    ``deadline`` (``time.monotonic()``): no step starts after it, so that none is
+    cut off by the actor's time limit in the middle of a provider call; those not
+    started go back to the queue. By default, the time limit of a message that
+    starts now, less a provider call's timeout.
+    """
+    if deadline is None:
+        deadline = message_deadline()
     names = [name for name, action in ACTIONS.items() if action.actor == actor_name]
     pool = await get_pool()
     follow_ups: list[FollowUp] = []
@@ -187,13 +196,8 @@ async def run_steps(step_ids: list[int], actor_name: str) -> None:
                 step = await conn.fetchrow(CLAIM_STEPS, [step_id], names, worker_instance())
                 if step is not None:
                     follow_ups += await _run(pool, step, conn)
-        await _send(follow_ups)
+        await _hand_on(follow_ups, deadline)
         return
-    # Steps not started by the deadline go back to the queue, so that no step is
-    # ever cut off by the actor's time limit in the middle of a provider call.
-    settings = current()
-    deadline = time.monotonic() + max(settings.actor_time_limit_s - settings.http_timeout_s - 2.0,
-                                       settings.actor_time_limit_s / 2)
     slots = _slots_of_this_process()
     waiting = list(step_ids)
     running: list[asyncio.Task[list[FollowUp]]] = []
@@ -220,10 +224,55 @@ async def run_steps(step_ids: list[int], actor_name: str) -> None:
         failures = [result for result in results if isinstance(result, BaseException)]
         follow_ups += [f for result in results if not isinstance(result, BaseException) for f in result]
         follow_ups += [FollowUp(step_id, names[0]) for step_id in waiting]  # not started by the deadline
-        # The siblings' follow-ups go out even when one step failed unexpectedly.
-        await _send(follow_ups)
+        # The siblings' follow-ups go on even when one step failed unexpectedly.
+        await _hand_on(follow_ups, deadline)
     for failure in failures:
         log.error("step crashed", error=repr(failure), exc_info=failure)
+    if failures:
+        raise failures[0]
+
+
+def message_deadline() -> float:
+    """When a message that starts now must start its last step (``time.monotonic()``):
+    the actor's time limit, less a provider call's timeout and a margin."""
+    settings = current()
+    return time.monotonic() + max(settings.actor_time_limit_s - settings.http_timeout_s - 2.0,
+                                  settings.actor_time_limit_s / 2)
+
+
+async def start_steps(first_steps: Mapping[str, list[int]], deadline: float) -> None:
+    """Carry out runs' first steps (by action) in this message, as :func:`_hand_on` does."""
+    await _hand_on([FollowUp(step_id, action) for action, step_ids in first_steps.items()
+                    for step_id in step_ids], deadline)
+
+
+async def _hand_on(follow_ups: list[FollowUp], deadline: float) -> None:
+    """Carry out, in this message, the steps that follow at once (the next step of a
+    run, with no wait or retry delay before it) while the message's time allows;
+    send the others to their actors.
+
+    The next step is claimed like any other, so this changes who runs it, not
+    whether it runs once: a run's steps go one after another in one worker
+    without a message, a queue wait and a thread each.
+    """
+    now: dict[str, list[int]] = {}
+    later: list[FollowUp] = []
+    on_time = time.monotonic() < deadline
+    for follow_up in follow_ups:
+        if on_time and follow_up.delay_s <= 0:
+            now.setdefault(ACTIONS[follow_up.action].actor, []).append(follow_up.step_id)
+        else:
+            later.append(follow_up)
+    await _send(later)
+    failures: list[Exception] = []
+    for actor_name, step_ids in now.items():
+        try:
+            await run_steps(step_ids, actor_name, deadline)
+        except Exception as exc:
+            # PostgreSQL away, say: the steps go to their actor, whose message is retried
+            # (a step already claimed is not claimed twice).
+            failures.append(exc)
+            await asyncio.to_thread(send, actor_name, step_ids)
     if failures:
         raise failures[0]
 

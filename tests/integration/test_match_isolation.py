@@ -257,29 +257,35 @@ async def test_runs_a_match_message_starts_are_enriched_at_once_or_handed_to_the
         async def get(self) -> WorkflowCache:
             return cache
 
+    started: list[dict[str, list[int]]] = []
     sent: list[tuple[str, list[int]]] = []
+
+    async def start_steps(first_steps: dict[str, list[int]], deadline: float) -> None:
+        assert not pool.get_size() or pool.get_idle_size() == pool.get_size()  # no connection held meanwhile
+        started.append(dict(first_steps))
+
     monkeypatch.setattr(match_actor, "get_pool", the_pool)
     monkeypatch.setattr(match_actor, "_cache", Cache())
-    monkeypatch.setattr("actors.enrich.send", lambda actor, ids: sent.append((actor, ids)))
+    monkeypatch.setattr(match_actor, "start_steps", start_steps)
     monkeypatch.setattr(match_actor, "send", lambda actor, ids: sent.append((actor, ids)))
     await import_workflow(conn, "a", ANY_JOB_CHANGE)
 
-    # Enriched in the same message: the run's first step goes straight to its actor.
+    # Enriched in the same message: the run's first step is carried out next, in it too.
     first = await job_event(conn, "a", {"id": 1, "title": "Fix sink"})
     await conn.execute("UPDATE herald.events SET state = 'dispatched' WHERE id = $1", first)
     await match_actor.match([first])
     run = await conn.fetchrow("SELECT id, status FROM herald.runs WHERE event_id = $1", first)
     step = await conn.fetchval("SELECT id FROM herald.steps WHERE run_id = $1", run["id"])
-    assert run["status"] == "running" and sent == [("sms", [step])]
+    assert run["status"] == "running" and started == [{"sms": [step]}] and sent == []
 
     # Enrichment fails (here: PostgreSQL refuses the transaction): the message still
     # succeeds, and the run, committed pending, goes to the enrich actor and its retries.
     async def refused(conn: asyncpg.Connection, run_ids: list[int]) -> None:
         raise asyncpg.exceptions.SerializationError("could not serialize access")
 
-    monkeypatch.setattr(match_actor, "enrich_and_start", refused)
+    monkeypatch.setattr(match_actor, "enrich_runs", refused)
     second = await job_event(conn, "a", {"id": 1, "title": "Fix tap"})
     await conn.execute("UPDATE herald.events SET state = 'dispatched' WHERE id = $1", second)
     await match_actor.match([second])
     run = await conn.fetchrow("SELECT id, status FROM herald.runs WHERE event_id = $1", second)
-    assert run["status"] == "pending" and sent[-1] == ("enrich", [run["id"]])
+    assert run["status"] == "pending" and sent == [("enrich", [run["id"]])] and len(started) == 1
