@@ -72,6 +72,7 @@ async def match_events(conn: asyncpg.Connection, event_ids: list[int], cache: Wo
         if not events:
             return outcome
         outcome.events = len(events)
+        await conn.execute(store.NOTIFY_MATCHED)
         workflows = await cache.for_tenants(conn, (event["tenant_id"] for event in events))
         origins = await _origin_workflows(conn, events)
         try:

@@ -8,7 +8,9 @@ together in the next message, so that under load every hop after this one
 a message, a thread and a transaction per event, which would leave a worker
 that fell behind ever further behind. A message unmatched after
 ``hold_limit_s`` (lost, or behind a long queue) no longer holds the outbox
-back: holding adds at most that much latency.
+back: holding adds at most that much latency. The match actor notifies on the
+channel the daemon listens on when it has matched a message, which wakes the
+dispatcher to send what it held.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ Send = Callable[[list[int]], object]
 
 # A message unmatched this long stops holding the outbox back.
 HOLD_LIMIT_S = 1.0
-# While holding, how often to look whether the earlier messages were matched.
-HOLD_POLL_S = 0.005
+# While holding, how often to look whether the earlier messages were matched,
+# besides when the match actor's notification wakes it.
+HOLD_POLL_S = 0.05
 
 
 @dataclass
