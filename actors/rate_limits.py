@@ -25,7 +25,7 @@ LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 RECENT = """
 SELECT created_at FROM herald.messages
 WHERE tenant_id = $1 AND channel = $2 AND recipient = $3 AND status NOT IN ('failed', 'draft')
-  AND created_at > clock_timestamp() - make_interval(secs => $4)
+  AND created_at > clock_timestamp() - make_interval(secs => $4) AND id <> $6
 ORDER BY created_at DESC
 LIMIT $5
 """
@@ -41,14 +41,16 @@ def default_rate_limit(text: str) -> RateLimit:
     return RateLimit(per_recipient, window)
 
 
-async def admit(conn: asyncpg.Connection, limit: RateLimit, tenant: str, channel: str, recipient: str) -> None:
-    """Inside the transaction that records the message: raise RateLimitedError when
-    this recipient has had ``per_recipient`` messages on this channel within the window."""
+async def admit(conn: asyncpg.Connection, limit: RateLimit, tenant: str, channel: str, recipient: str,
+                message_id: int) -> None:
+    """Inside the transaction that just recorded message ``message_id``: raise
+    RateLimitedError (which rolls the record back) when this recipient has had
+    ``per_recipient`` other messages on this channel within the window."""
     if limit.per_recipient == 0:
         return
     await conn.execute(LOCK, f"{tenant}:{channel}:{recipient}")
     recent = await conn.fetch(RECENT, tenant, channel, recipient, limit.window.total_seconds(),
-                              limit.per_recipient)
+                              limit.per_recipient, message_id)
     if len(recent) < limit.per_recipient:
         return
     frees_at = recent[-1]["created_at"] + limit.window

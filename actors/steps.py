@@ -93,6 +93,12 @@ WHERE id = $1
 
 NEXT_STEP = "SELECT id, action FROM herald.steps WHERE run_id = $1 AND position = $2 AND status = 'pending'"
 
+# STEP_DONE, then NEXT_STEP, in one round trip ($5, $6: NEXT_STEP's $1, $2).
+STEP_DONE_THEN_NEXT = f"""
+WITH done AS ({STEP_DONE.strip()})
+SELECT id, action FROM herald.steps WHERE run_id = $5 AND position = $6 AND status = 'pending'
+"""
+
 # A run whose every step was skipped (a rate limit's "skip") sent and wrote
 # nothing: it ends *skipped*, saying why, not *completed*.
 RUN_COMPLETED = """
@@ -347,13 +353,18 @@ async def _record_outcome(
         return [FollowUp(step["id"], step["action"], max(delay, 0.0))]
     assert isinstance(outcome, Done)
     async with conn.transaction():
-        await conn.execute(STEP_DONE, step["id"], rendered, outcome.response, elapsed_ms)
-        return await advance(conn, step)
+        following = await conn.fetchrow(STEP_DONE_THEN_NEXT, step["id"], rendered, outcome.response, elapsed_ms,
+                                        step["run_id"], step["position"] + 1)
+        return await _go_on(conn, step, following)
 
 
 async def advance(conn: asyncpg.Connection, step: Mapping[str, Any]) -> list[FollowUp]:
     """After a step is done (or skipped): start the next one, or complete the run."""
-    following = await conn.fetchrow(NEXT_STEP, step["run_id"], step["position"] + 1)
+    return await _go_on(conn, step, await conn.fetchrow(NEXT_STEP, step["run_id"], step["position"] + 1))
+
+
+async def _go_on(conn: asyncpg.Connection, step: Mapping[str, Any], following: Any) -> list[FollowUp]:
+    """The next step (``following``, None after the last) to start, or the run completed."""
     if following is None:
         await conn.execute(RUN_COMPLETED, step["run_id"])
         log.info("run completed")

@@ -18,8 +18,6 @@ from actors.providers import OutboundMessage, ProviderResult
 from actors.rate_limits import admit
 from config.errors import DeliveryUnknownError, StepError
 
-EXISTING_ID = "SELECT id FROM herald.messages WHERE idempotency_key = $1"
-
 INSERT_MESSAGE = """
 INSERT INTO herald.messages
     (tenant_id, run_id, step_id, channel, provider, idempotency_key, recipient, subject, body,
@@ -66,15 +64,15 @@ async def deliver(
     async with run.pool.acquire() as conn:
         message_id = None
         async with conn.transaction():
-            if await conn.fetchval(EXISTING_ID, message.idempotency_key) is None:
-                # A new message counts against the recipient's limit; a resend of one does not.
-                if limit is not None:
-                    await admit(conn, limit, step["tenant_id"], message.channel, message.recipient)
-                message_id = await conn.fetchval(
-                    INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel,
-                    provider_name, message.idempotency_key, message.recipient, message.subject, message.body,
-                    message.html_body, idempotent,
-                )
+            message_id = await conn.fetchval(  # None: a row with this key exists
+                INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel,
+                provider_name, message.idempotency_key, message.recipient, message.subject, message.body,
+                message.html_body, idempotent,
+            )
+            # A new message counts against the recipient's limit (over it, the insert is
+            # rolled back); a resend of one does not.
+            if message_id is not None and limit is not None:
+                await admit(conn, limit, step["tenant_id"], message.channel, message.recipient, message_id)
         message_id = message_id or await conn.fetchval(
             CLAIM_MESSAGE, message.idempotency_key, idempotent, message.recipient, message.subject, message.body,
             message.html_body)
