@@ -54,9 +54,9 @@ async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str,
         contexts = await build_contexts(conn, runs)
         columns: list[list[Any]] = [[] for _ in range(9)]
         refusals: dict[int, str] = {}
+        await conn.executemany(store.SET_CONTEXT, [(run["id"], contexts[run["id"]].context) for run in runs])
         for run in runs:
             built = contexts[run["id"]]
-            await conn.execute(store.SET_CONTEXT, run["id"], built.context)
             try:
                 spec = parse_workflow(run["definition"])
             except WorkflowValidationError as exc:

@@ -125,6 +125,7 @@ async def _match_batch(
 ) -> Outcome:
     """Decide, record and create the runs of ``events``; raises if any of them fails."""
     candidates: list[Candidate] = []
+    reports: list[tuple[int, dict[str, Any]]] = []
     for event in events:
         report = []
         for workflow in workflows[event["tenant_id"]]:
@@ -135,7 +136,8 @@ async def _match_batch(
                 trigger = workflow.spec.trigger.for_entity(event["entity"])  # its field keys the change
                 candidates.append(Candidate(event, workflow.id, workflow.spec, reason,
                                             *dedupe.keys(trigger, dict(event))))
-        await conn.execute(store.MARK_MATCHED, event["id"], {"workflows": report})
+        reports.append((event["id"], {"workflows": report}))
+    await conn.executemany(store.MARK_MATCHED, reports)  # one round trip for the batch
 
     created = await _create_runs(conn, candidates)
     started = [row for row in created if row["status"] == "pending"]
