@@ -263,7 +263,9 @@ async def _hand_on(follow_ups: list[FollowUp], deadline: float) -> None:
     """
     now: dict[str, list[int]] = {}
     later: list[FollowUp] = []
-    on_time = time.monotonic() < deadline
+    # A message being cancelled (a worker stopping) starts nothing more: its follow-ups are queued.
+    task = asyncio.current_task()
+    on_time = time.monotonic() < deadline and not (task is not None and task.cancelling())
     for follow_up in follow_ups:
         if on_time and follow_up.delay_s <= 0:
             now.setdefault(ACTIONS[follow_up.action].actor, []).append(follow_up.step_id)

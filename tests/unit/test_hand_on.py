@@ -5,6 +5,7 @@ goes to its actor's queue; a chained step that fails is sent to its actor too.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -54,3 +55,22 @@ async def test_a_chained_step_that_fails_is_sent_to_its_actor_and_the_failure_ra
         await steps._hand_on([FollowUp(666, "sms"), FollowUp(7, "email")], deadline=time.monotonic() + 60)
     assert recorded["ran"] == [("email", [7])]  # the others still run
     assert recorded["sent"] == [("sms", [666], None)]
+
+
+async def test_a_message_being_cancelled_queues_its_follow_ups(recorded: dict[str, list[Any]]) -> None:
+    finished = asyncio.Event()
+
+    async def message() -> None:
+        try:
+            await asyncio.Event().wait()  # a provider call when the worker stops
+        finally:
+            await steps._hand_on([FollowUp(1, "sms")], deadline=time.monotonic() + 60)
+            finished.set()
+
+    task = asyncio.create_task(message())
+    await asyncio.sleep(0)  # let it start waiting (a scheduling point, not a timing guess)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished.is_set()
+    assert recorded["ran"] == [] and recorded["sent"] == [("sms", [1], 0)]
