@@ -41,11 +41,11 @@ def test_importing_actors_and_daemon_modules_builds_no_broker() -> None:
     assert done.stdout.strip() == "True", done.stderr
 
 
-def test_the_worker_entry_point_sets_up_the_broker_and_every_actor() -> None:
-    code = ("import actors.worker, dramatiq\nb = dramatiq.get_broker()\n"
-            "print(type(b).__name__, sorted(b.actors))")
+def test_the_worker_entry_point_sets_up_the_broker_and_every_actor_on_uvloop() -> None:
+    code = ("import actors.worker, asyncio, dramatiq\nb = dramatiq.get_broker()\n"
+            "print(type(b).__name__, sorted(b.actors), type(asyncio.new_event_loop()).__module__)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "HERALD_REDIS_URL": "redis://127.0.0.1:1/0",
                                "HERALD_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"})
     assert done.stdout.strip() == (
-        "WakingRedisBroker ['email', 'enrich', 'match', 'records', 'sms', 'webhook']"), done.stderr
+        "WakingRedisBroker ['email', 'enrich', 'match', 'records', 'sms', 'webhook'] uvloop"), done.stderr
