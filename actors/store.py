@@ -19,11 +19,6 @@ _TYPE_NAME = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9, ]+\))?")
 # SKIP LOCKED: a duplicate message running at the same moment leaves the
 # events to the worker that holds them; if that worker dies, its transaction
 # rolls back and the sweeper sends them again.
-# Tells the daemon's dispatcher that match messages were matched, so that events
-# it held back while they waited go out now (daemon/dispatcher.py). Delivered at
-# commit, on the channel the capture trigger wakes it on.
-NOTIFY_MATCHED = "SELECT pg_notify('herald_events', 'matched')"
-
 CLAIM_EVENTS = """
 SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id,
        origin_run_id
@@ -32,6 +27,11 @@ WHERE id = ANY($1::bigint[]) AND state IN ('pending', 'dispatched')
 ORDER BY id
 FOR UPDATE SKIP LOCKED
 """
+
+# Tells the daemon's dispatcher that match messages were matched, so that events
+# it held back while they waited go out now (daemon/dispatcher.py). Delivered at
+# commit, on the channel the capture trigger wakes it on.
+NOTIFY_MATCHED = "SELECT pg_notify('herald_events', 'matched')"
 
 MARK_MATCHED = """
 UPDATE herald.events
