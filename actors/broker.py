@@ -21,7 +21,9 @@ from dramatiq.middleware.asyncio import AsyncIO
 
 from actors.middleware.heartbeat import WorkerHeartbeat
 from actors.middleware.lifecycle import WorkerLifecycle
+from actors.middleware.log_context import LogContext
 from actors.middleware.rate_limits import RecipientRateLimits
+from actors.middleware.systemd import SystemdNotify
 from actors.rate_limits import default_rate_limit
 from config.settings import Settings, current
 
@@ -88,6 +90,8 @@ def make_broker(settings: Settings) -> WakingRedisBroker:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=socket_timeout,
                                   socket_connect_timeout=settings.redis_timeout_s, health_check_interval=30)
     broker = WakingRedisBroker(client=client)
+    # First: its hooks bind the message's ids before, and clear them after, every other middleware's.
+    broker.add_middleware(LogContext(), before=type(broker.middleware[0]))
     for middleware in broker.middleware:
         if isinstance(middleware, TimeLimit):
             # Far below Dramatiq's 10-minute default: steps must end well within their lease.
@@ -97,6 +101,7 @@ def make_broker(settings: Settings) -> WakingRedisBroker:
     broker.add_middleware(RecipientRateLimits(default_rate_limit(settings.recipient_limit)))
     broker.add_middleware(WorkerHeartbeat(settings.database_url, settings.heartbeat_interval_s))
     broker.add_middleware(WorkerLifecycle.from_settings(settings))
+    broker.add_middleware(SystemdNotify())  # after the two it relies on (heartbeat, lifecycle)
     return broker
 
 

@@ -32,6 +32,7 @@ from jinja2 import meta
 from actors import store
 from actors.model.actions import SPECS
 from actors.model.workflow import StepSpec, event_context, parse_workflow
+from config import log_context
 from config.errors import WorkflowValidationError
 
 log = structlog.get_logger(__name__)
@@ -51,41 +52,53 @@ async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str,
         runs = await conn.fetch(store.CLAIM_RUNS, run_ids)
         if not runs:
             return first_steps
-        contexts = await build_contexts(conn, runs)
-        columns: list[list[Any]] = [[] for _ in range(9)]
-        refusals: dict[int, str] = {}
-        await conn.executemany(store.SET_CONTEXT, [(run["id"], contexts[run["id"]].context) for run in runs])
-        for run in runs:
-            built = contexts[run["id"]]
-            try:
-                spec = parse_workflow(run["definition"])
-            except WorkflowValidationError as exc:
-                # A version saved before a check it fails existed: the run fails, saying why.
-                refusals[run["id"]] = f"the workflow's version {run['workflow_version']} is invalid: {exc}"
-                continue
-            blocked = first_blocked_step(spec.steps, built.refused)
-            if blocked is not None:
-                position, error = blocked
-                step = spec.steps[position]
-                refusals[run["id"]] = f"step {position + 1} ({step.key}, {step.action}): {error}"
-            for position, step in enumerate(spec.steps):
-                status, error = "pending", None
-                if blocked is not None:  # the run fails before any step: nothing is sent
-                    status, error = ("failed", blocked[1]) if position == blocked[0] else ("skipped", None)
-                for column, value in zip(
-                    columns,
-                    (run["id"], run["tenant_id"], position, step.key, step.action, step.config, status, error,
-                     SPECS[step.action].actor),
-                ):
-                    column.append(value)
-        for step in await conn.fetch(store.INSERT_STEPS, *columns):
-            if step["position"] == 0 and step["status"] == "pending":
-                first_steps[step["action"]].append(step["id"])
-        for run_id, reason in refusals.items():
-            await conn.execute(store.FAIL_RUN, run_id, reason)
-            log.warning("run failed before its first step", run_id=run_id, error=reason)
-    log.info("runs enriched", runs=len(runs), failed=len(refusals))
+        with log_context.bound(**log_context.rows_ids("run", runs, event_key="event_id")):
+            await _enrich_claimed(conn, runs, first_steps)
     return first_steps
+
+
+async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps: dict[str, list[int]]) -> None:
+    """Store the claimed runs' contexts and steps (in the caller's transaction)."""
+    contexts = await build_contexts(conn, runs)
+    columns: list[list[Any]] = [[] for _ in range(9)]
+    refusals: dict[int, str] = {}
+    await conn.executemany(store.SET_CONTEXT, [(run["id"], contexts[run["id"]].context) for run in runs])
+    for run in runs:
+        built = contexts[run["id"]]
+        try:
+            spec = parse_workflow(run["definition"])
+        except WorkflowValidationError as exc:
+            # A version saved before a check it fails existed: the run fails, saying why.
+            refusals[run["id"]] = f"the workflow's version {run['workflow_version']} is invalid: {exc}"
+            continue
+        blocked = first_blocked_step(spec.steps, built.refused)
+        if blocked is not None:
+            position, error = blocked
+            step = spec.steps[position]
+            refusals[run["id"]] = f"step {position + 1} ({step.key}, {step.action}): {error}"
+        for position, step in enumerate(spec.steps):
+            status, error = "pending", None
+            if blocked is not None:  # the run fails before any step: nothing is sent
+                status, error = ("failed", blocked[1]) if position == blocked[0] else ("skipped", None)
+            for column, value in zip(
+                columns,
+                (run["id"], run["tenant_id"], position, step.key, step.action, step.config, status, error,
+                 SPECS[step.action].actor),
+            ):
+                column.append(value)
+    for step in await conn.fetch(store.INSERT_STEPS, *columns):
+        if step["position"] == 0 and step["status"] == "pending":
+            first_steps[step["action"]].append(step["id"])
+    for run_id, reason in refusals.items():
+        await conn.execute(store.FAIL_RUN, run_id, reason)
+        log.warning("run failed before its first step", error=reason, **_ids(runs, run_id))
+    log.info("runs enriched", runs=len(runs), failed=len(refusals))
+
+
+def _ids(runs: list[Any], run_id: int) -> dict[str, Any]:
+    """One run's ids for its log line."""
+    run = next(run for run in runs if run["id"] == run_id)
+    return {"run_id": run_id, "event_id": run["event_id"], "tenant_id": run["tenant_id"]}
 
 
 @dataclass
@@ -172,7 +185,8 @@ async def build_contexts(conn: asyncpg.Connection, runs: list[Any]) -> dict[int,
             related, tenant = found
             if owner_column is not None and tenant != run["event_tenant"]:
                 built.refused[name] = f"{name} {_shown(value)} belongs to another tenant"
-                log.warning("related row of another tenant not loaded", run_id=run["id"], relation=name,
+                log.warning("related row of another tenant not loaded", run_id=run["id"],
+                            event_id=run["event_id"], relation=name,
                             table=relation["table"], key=str(value), tenant_id=run["event_tenant"])
                 continue
             context[name] = related

@@ -15,6 +15,7 @@ from actors.lazy import PerProcess
 from actors.matching import match_events
 from actors.steps import message_deadline, start_steps
 from actors.workflows_cache import WorkflowCache
+from config import log_context
 from config.settings import current
 
 log = structlog.get_logger(__name__)
@@ -30,9 +31,12 @@ async def match(event_ids: list[int]) -> None:
     first_steps = None
     async with pool.acquire() as conn:
         outcome = await match_events(conn, event_ids, await _cache.get())
+        # This message's own task: the tenant stays bound for the rest of it (enrich, first steps).
+        log_context.bind(tenant_id=outcome.tenants[0] if len(outcome.tenants) == 1 else None)
         if outcome.events:
             log.info("events matched", events=outcome.events, failed=len(outcome.failed),
-                     runs=len(outcome.started), skipped=outcome.skipped, cancelled=outcome.cancelled)
+                     runs=len(outcome.started), skipped=outcome.skipped, cancelled=outcome.cancelled,
+                     tenant_ids=outcome.tenants)
         if outcome.started:
             try:
                 first_steps = await enrich_runs(conn, outcome.started)

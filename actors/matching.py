@@ -29,6 +29,7 @@ from actors.model import dedupe
 from actors.model.triggers import parse_trigger
 from actors.model.workflow import WorkflowSpec, evaluate
 from actors.workflows_cache import CachedWorkflow, WorkflowCache
+from config import log_context
 from config.errors import WorkflowValidationError
 
 log = structlog.get_logger(__name__)
@@ -42,6 +43,7 @@ class Outcome:
     skipped: int = 0
     cancelled: int = 0
     failed: list[int] = field(default_factory=list)  # events whose matching failed
+    tenants: list[str] = field(default_factory=list)  # whose events were claimed
 
     def add(self, other: Outcome) -> None:
         self.started += other.started
@@ -71,30 +73,33 @@ async def match_events(conn: asyncpg.Connection, event_ids: list[int], cache: Wo
         events = await conn.fetch(store.CLAIM_EVENTS, event_ids)
         if not events:
             return outcome
-        outcome.events = len(events)
-        await conn.execute(store.NOTIFY_MATCHED)
-        workflows = await cache.for_tenants(conn, (event["tenant_id"] for event in events))
-        origins = await _origin_workflows(conn, events)
-        try:
-            async with conn.transaction():  # a savepoint: the whole batch at once, the usual case
-                outcome.add(await _match_batch(conn, events, workflows, origins))
-            return outcome
-        except Exception as exc:
-            if _transient(exc):
-                raise
-            if len(events) == 1:
-                await _mark_failed(conn, events[0], exc, outcome)
-                return outcome
-            log.warning("batch could not be matched; matching its events one by one",
-                        events=len(events), error=_error_text(exc))
-        for event in events:
+        outcome.tenants = sorted({event["tenant_id"] for event in events})
+        # The claimed events' ids and tenant on every line logged while they are matched.
+        with log_context.bound(**log_context.rows_ids("event", events)):
+            outcome.events = len(events)
+            await conn.execute(store.NOTIFY_MATCHED)
+            workflows = await cache.for_tenants(conn, (event["tenant_id"] for event in events))
+            origins = await _origin_workflows(conn, events)
             try:
-                async with conn.transaction():  # a savepoint per event
-                    outcome.add(await _match_batch(conn, [event], workflows, origins))
+                async with conn.transaction():  # a savepoint: the whole batch at once, the usual case
+                    outcome.add(await _match_batch(conn, events, workflows, origins))
+                return outcome
             except Exception as exc:
                 if _transient(exc):
                     raise
-                await _mark_failed(conn, event, exc, outcome)
+                if len(events) == 1:
+                    await _mark_failed(conn, events[0], exc, outcome)
+                    return outcome
+                log.warning("batch could not be matched; matching its events one by one",
+                            events=len(events), error=_error_text(exc))
+            for event in events:
+                try:
+                    async with conn.transaction():  # a savepoint per event
+                        outcome.add(await _match_batch(conn, [event], workflows, origins))
+                except Exception as exc:
+                    if _transient(exc):
+                        raise
+                    await _mark_failed(conn, event, exc, outcome)
     return outcome
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from actors import metrics
 from actors.actions import ACTIONS, Done, Outcome, StepRun, Wait
 from actors.broker import send
 from actors.db import get_pool
@@ -60,7 +61,8 @@ RETURNING s.id, s.run_id, s.tenant_id, s.position, s.step_key, s.action, s.confi
           s.wake_at, r.context, r.workflow_id, r.event_id, w.definition -> 'retry' AS retry,
           w.definition -> 'rate_limit' AS rate_limit, ts.rate_limit AS tenant_rate_limit,
           e.table_name, e.row_id, e.entity, wt.id_column, wt.tenant_column, wt.action_targets,
-          wt.updatable_columns, wt.fills
+          wt.updatable_columns, wt.fills, w.name AS workflow_name,
+          extract(epoch FROM clock_timestamp() - e.created_at)::float8 AS event_age_s
 """
 
 STEP_DONE = """
@@ -112,6 +114,7 @@ FROM (SELECT bool_or(s.status = 'sent') AS any,
              (array_agg(s.error ORDER BY s.position) FILTER (WHERE s.status = 'skipped'))[1] AS first_reason
       FROM herald.steps s WHERE s.run_id = $1) AS done
 WHERE r.id = $1 AND r.status = 'running'
+RETURNING r.status, r.execution_time_ms
 """
 
 RUN_FAILED = """
@@ -119,6 +122,7 @@ UPDATE herald.runs
 SET status = 'failed', error = $2, completed_at = clock_timestamp(), updated_at = clock_timestamp(),
     execution_time_ms = (extract(epoch FROM clock_timestamp() - created_at) * 1000)::int
 WHERE id = $1 AND status = 'running'
+RETURNING status, execution_time_ms
 """
 
 SKIP_REMAINING = """
@@ -311,8 +315,10 @@ async def _run(pool: asyncpg.Pool, step: Mapping[str, Any],
     started = time.monotonic()
     action = ACTIONS[step["action"]]
     run = StepRun(step, as_records(step["context"]), current(), pool, await get_session(), conn)
+    # Restored when the step ends: the next step this task carries out binds its own.
     with structlog.contextvars.bound_contextvars(
-        run_id=step["run_id"], step_id=step["id"], tenant_id=step["tenant_id"], action=step["action"]
+        event_id=step["event_id"], run_id=step["run_id"], step_id=step["id"], tenant_id=step["tenant_id"],
+        workflow_id=str(step["workflow_id"]), action=step["action"]
     ):
         outcome: Outcome | StepError
         try:
@@ -350,6 +356,7 @@ async def _record_outcome(
 ) -> list[FollowUp]:
     if isinstance(outcome, Wait):
         await conn.execute(STEP_WAITING, step["id"], outcome.until, rendered, elapsed_ms)
+        metrics.STEPS.labels(step["action"], "waiting").inc()
         delay = (outcome.until - dt.datetime.now(dt.UTC)).total_seconds()
         log.info("step waiting", until=outcome.until.isoformat())
         return [FollowUp(step["id"], step["action"], max(delay, 0.0))]
@@ -357,6 +364,7 @@ async def _record_outcome(
     async with conn.transaction():
         following = await conn.fetchrow(STEP_DONE_THEN_NEXT, step["id"], rendered, outcome.response, elapsed_ms,
                                         step["run_id"], step["position"] + 1)
+        metrics.STEPS.labels(step["action"], "sent").inc()
         return await _go_on(conn, step, following)
 
 
@@ -368,7 +376,7 @@ async def advance(conn: asyncpg.Connection, step: Mapping[str, Any]) -> list[Fol
 async def _go_on(conn: asyncpg.Connection, step: Mapping[str, Any], following: Any) -> list[FollowUp]:
     """The next step (``following``, None after the last) to start, or the run completed."""
     if following is None:
-        await conn.execute(RUN_COMPLETED, step["run_id"])
+        _run_finished(await conn.fetchrow(RUN_COMPLETED, step["run_id"]), step)
         log.info("run completed")
         return []
     return [FollowUp(following["id"], following["action"])]
@@ -381,6 +389,7 @@ async def _record_error(
     if isinstance(exc, RateLimitedError) and exc.skip:
         # Over the recipient's limit with the skip policy: record why and go on.
         log.info("step skipped by rate limit", reason=str(exc))
+        metrics.STEPS.labels(step["action"], "skipped").inc()
         async with conn.transaction():
             await conn.execute(STEP_FAILED, step["id"], "skipped", rendered, str(exc), elapsed_ms)
             return await advance(conn, step)
@@ -391,6 +400,8 @@ async def _record_error(
     if not exc.permanent and (spent == 0 or retries_used < policy.max_retries):
         delay = exc.retry_after if exc.retry_after is not None else policy.delay_s(retries_used + 1)
         await conn.execute(STEP_RETRY, step["id"], delay, 1 - spent, rendered, str(exc))
+        (metrics.RETRIES if spent else metrics.RATE_LIMIT_WAITS).labels(step["action"]).inc()
+        metrics.STEPS.labels(step["action"], "retry" if spent else "rate_limited").inc()
         log.warning("step will be retried", error=str(exc), retry_in_s=round(delay, 2))
         return [FollowUp(step["id"], step["action"], delay)]
     status = "unknown" if isinstance(exc, DeliveryUnknownError) else "failed"
@@ -404,5 +415,14 @@ async def _record_error(
     async with conn.transaction():
         await conn.execute(STEP_FAILED, step["id"], status, rendered, error, elapsed_ms)
         await conn.execute(SKIP_REMAINING, step["run_id"])
-        await conn.execute(RUN_FAILED, step["run_id"], reason)
+        _run_finished(await conn.fetchrow(RUN_FAILED, step["run_id"], reason), step)
+    metrics.STEPS.labels(step["action"], status).inc()
     return []
+
+
+def _run_finished(ended: asyncpg.Record | None, step: Mapping[str, Any]) -> None:
+    """Count a run this step ended (None: it had ended already)."""
+    if ended is not None:
+        elapsed_ms = ended["execution_time_ms"]
+        metrics.record_run_finished(ended["status"], None if elapsed_ms is None else elapsed_ms / 1000,
+                                    step["tenant_id"], step.get("workflow_name") or str(step.get("workflow_id")))

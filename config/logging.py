@@ -2,7 +2,9 @@
 
 Standard-library loggers (dramatiq, aiohttp, asyncpg) go through the same
 processors, so every line is JSON when not on a terminal and carries the
-context variables bound per message or request (``run_id``, ``event_id``...).
+context variables bound per message or request (``run_id``, ``event_id``...,
+see :mod:`config.log_context`). HERALD_LOG_LEVEL sets the root level and
+HERALD_LOG_LEVELS single loggers' (``asyncpg=WARNING,actors.email=DEBUG``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import sys
 import structlog
 
 from config.errors import HeraldConfigError
-from config.settings import LOG_FORMATS, LOG_LEVELS, VARIABLES, Settings
+from config.settings import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    VARIABLES,
+    Settings,
+    parse_log_levels,
+)
 
 _configured = False
 
@@ -33,6 +41,7 @@ def configure_logging(settings: Settings, *, process: str) -> None:
     if settings.log_format not in LOG_FORMATS:
         raise HeraldConfigError(
             f"{VARIABLES['log_format']} must be one of {', '.join(LOG_FORMATS)} (got {settings.log_format!r})")
+    per_logger = parse_log_levels(settings.log_levels)  # HeraldConfigError naming HERALD_LOG_LEVELS
     if _configured:
         return
     _configured = True
@@ -78,3 +87,13 @@ def configure_logging(settings: Settings, *, process: str) -> None:
     root.setLevel(level)
     # aiohttp's access log repeats what the request middleware logs.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    apply_log_levels(per_logger)
+
+
+def apply_log_levels(levels: dict[str, str]) -> None:
+    """Give each named logger its own level (HERALD_LOG_LEVELS), after the defaults
+    above so that it can override them: ``asyncpg=WARNING`` quietens one library,
+    ``actors.email=DEBUG`` opens one module up while the rest stays at the root level.
+    Herald's loggers are named after their modules (``structlog.get_logger(__name__)``)."""
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)

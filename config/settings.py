@@ -17,7 +17,12 @@ from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from config.embedded_layout import EmbeddedLayout
 from config.errors import HeraldConfigError
@@ -57,6 +62,27 @@ def parse_recipient_limit(text: str) -> tuple[int, dt.timedelta]:
     if not match or window_s <= 0:
         raise HeraldConfigError(f"{VARIABLES['recipient_limit']} must {_RECIPIENT_LIMIT_RULE} (got {text!r})")
     return int(match.group(1)), dt.timedelta(seconds=window_s)
+
+
+_LOGGER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_LOG_LEVELS_RULE = ("be a comma-separated list of logger=LEVEL (e.g. 'asyncpg=WARNING,actors.email=DEBUG';"
+                    " levels DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+
+
+def parse_log_levels(text: str) -> dict[str, str]:
+    """HERALD_LOG_LEVELS: ``"asyncpg=WARNING,actors.email=DEBUG"`` -> logger name -> level
+    (upper case). Empty: no logger differs from HERALD_LOG_LEVEL. A logger's level
+    applies to the loggers below it (``actors`` covers ``actors.email``)."""
+    levels: dict[str, str] = {}
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        name, equals, level = entry.partition("=")
+        name, level = name.strip(), level.strip().upper()
+        if not equals or not _LOGGER_NAME.match(name) or level not in LOG_LEVELS:
+            raise HeraldConfigError(f"{VARIABLES['log_levels']} must {_LOG_LEVELS_RULE} (got {text!r})")
+        levels[name] = level
+    return levels
 
 
 # -- what each variable may hold ------------------------------------------------
@@ -103,11 +129,50 @@ def _allowed_hosts(text: str) -> str:
     return text
 
 
+def _log_levels(text: str) -> str:
+    try:
+        parse_log_levels(text)
+    except HeraldConfigError:
+        raise ValueError(_LOG_LEVELS_RULE) from None
+    return text.strip()
+
+
+_RETENTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_RETENTION_RULE = ("be an age like '30d', '12h' or '90m' (s, m, h, d, w; from 1h to 3650d),"
+                   " or 'off' (or 0) to prune nothing")
+MIN_RETENTION = dt.timedelta(hours=1)
+MAX_RETENTION = dt.timedelta(days=3650)
+
+
+def parse_retention(text: str, name: str) -> dt.timedelta | None:
+    """An age for retention (HERALD_RETENTION, ``herald prune --older-than``): ``"30d"``,
+    ``"12h"``, ``"90m"``; ``"off"`` or ``"0"``: None (nothing is pruned). A bare number
+    is refused: "30" could mean seconds or days, and the wrong guess deletes a month.
+    HeraldConfigError naming ``name`` otherwise. Pure, like the other parsers here."""
+    cleaned = text.strip().lower()
+    if cleaned in ("off", "0"):
+        return None
+    match = _RETENTION.match(cleaned)
+    age = dt.timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)]) if match else None
+    if age is None or not MIN_RETENTION <= age <= MAX_RETENTION:
+        raise HeraldConfigError(f"{name} must {_RETENTION_RULE} (got {text!r})")
+    return age
+
+
+def _retention(text: str) -> str:
+    try:
+        parse_retention(text, "")
+    except HeraldConfigError:
+        raise ValueError(_RETENTION_RULE) from None
+    return text.strip()
+
+
 def _choices(names: tuple[str, ...]) -> str:
     return "be one of " + ", ".join(names)
 
 
 Port = Annotated[int, Field(ge=1, le=65535, description="be a port number from 1 to 65535")]
+PortOrOff = Annotated[int, Field(ge=0, le=65535, description="be a port number from 1 to 65535, or 0 (off)")]
 Positive = Annotated[int, Field(gt=0, description="be a whole number above 0")]
 AtLeastZero = Annotated[int, Field(ge=0, description="be a whole number, 0 or more")]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False, description="be a number of seconds above 0")]
@@ -119,6 +184,8 @@ SmsProviderName = Annotated[SmsProvider, _folded(str.lower), Field(description=_
 LogLevelName = Annotated[LogLevel, _folded(str.upper), Field(description=_choices(LOG_LEVELS))]
 LogFormatName = Annotated[LogFormat, _folded(str.lower), Field(description=_choices(LOG_FORMATS))]
 RecipientLimit = Annotated[str, AfterValidator(_recipient_limit), Field(description=_RECIPIENT_LIMIT_RULE)]
+Retention = Annotated[str, AfterValidator(_retention), Field(description=_RETENTION_RULE)]
+LogLevels = Annotated[str, AfterValidator(_log_levels), Field(description=_LOG_LEVELS_RULE)]
 AllowedHosts = Annotated[str, AfterValidator(_allowed_hosts), Field(description=_ALLOWED_HOSTS_RULE)]
 PostgresUrl = Annotated[str, _url("postgresql", "postgres"),
                         Field(description="be a postgresql:// URL")]
@@ -154,6 +221,7 @@ class _Environment(BaseSettings):
     session_idle_minutes: Seconds = _var("HERALD_SESSION_IDLE_MINUTES")
     log_level: LogLevelName = _var("HERALD_LOG_LEVEL")
     log_format: LogFormatName = _var("HERALD_LOG_FORMAT")
+    log_levels: LogLevels = _var("HERALD_LOG_LEVELS")
     worker_processes: Positive = _var("HERALD_WORKER_PROCESSES")
     worker_threads: Positive = _var("HERALD_WORKER_THREADS")
     worker_timeout_ms: Positive = _var("HERALD_WORKER_TIMEOUT_MS")
@@ -173,6 +241,8 @@ class _Environment(BaseSettings):
     email_provider: EmailProviderName = _var("HERALD_EMAIL_PROVIDER")
     sms_provider: SmsProviderName = _var("HERALD_SMS_PROVIDER")
     recipient_limit: RecipientLimit = _var("HERALD_RECIPIENT_LIMIT")
+    retention: Retention = _var("HERALD_RETENTION")
+    retention_failed: Retention = _var("HERALD_RETENTION_FAILED")
     email_from: Text = _var("HERALD_EMAIL_FROM")
     sms_from: Text = _var("HERALD_SMS_FROM")
     http_timeout_s: Seconds = _var("HERALD_HTTP_TIMEOUT")
@@ -194,6 +264,11 @@ class _Environment(BaseSettings):
     # Comma-separated; split into a tuple by from_env.
     webhook_allowlist: Text = _var("HERALD_WEBHOOK_ALLOWLIST")
     webhook_allow_private: Flag = _var("HERALD_WEBHOOK_ALLOW_PRIVATE")
+    metrics_token: Text = _var("HERALD_METRICS_TOKEN")
+    metrics_host: Text = _var("HERALD_METRICS_HOST")
+    worker_metrics_port: PortOrOff = _var("HERALD_WORKER_METRICS_PORT")
+    daemon_metrics_port: PortOrOff = _var("HERALD_DAEMON_METRICS_PORT")
+    metrics_tenant_labels: AtLeastZero = _var("HERALD_METRICS_TENANT_LABELS")
 
     @classmethod
     def settings_customise_sources(
@@ -277,6 +352,8 @@ class Settings:
     session_idle_minutes: float = 120.0
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | json | console
+    # Levels of single loggers, above or below log_level ("asyncpg=WARNING,actors.email=DEBUG").
+    log_levels: str = ""
     worker_processes: int = 1
     worker_threads: int = 8
     # How long an idle Dramatiq consumer waits for a wake-up before polling.
@@ -292,6 +369,8 @@ class Settings:
     actor_time_limit_s: float = 25.0
     # A worker process whose event loop has not answered for this long exits
     # (non-zero) so that its supervisor restarts it; its steps go to the sweeper.
+    # A daemon loop without a finished pass for its interval plus this long is
+    # stuck: the daemon stops feeding systemd's watchdog (daemon.progress).
     watchdog_s: float = 30.0
     # Socket timeouts on Redis connections: a Redis outage is an error, not a hang.
     redis_timeout_s: float = 5.0
@@ -306,6 +385,12 @@ class Settings:
     sms_provider: str = "capture"  # capture | telnyx | twilio
     # Messages per channel to one recipient per window ("5/1h"; "0": no limit).
     recipient_limit: str = "5/1h"
+    # Retention (daemon/retention.py): finished runs, their steps and messages, matched
+    # events, stopped processes' heartbeats and replaced schedule fires older than this
+    # are deleted by the leader daemon ("off": never); failed runs after retention_failed
+    # (never sooner than retention).
+    retention: str = "30d"
+    retention_failed: str = "90d"
     email_from: str = "Herald <herald@localhost>"
     sms_from: str = ""
     # Outbound HTTP (providers, webhooks): seconds for the whole request.
@@ -329,6 +414,15 @@ class Settings:
     webhook_signing_secret: str = field(default="", repr=False)
     webhook_allowlist: tuple[str, ...] = ()
     webhook_allow_private: bool = False
+    # /metrics (dashboard, worker, daemon): with a token, only requests carrying
+    # "Authorization: Bearer <token>"; without one, only loopback clients.
+    metrics_token: str = field(default="", repr=False)
+    # Where the worker's and the daemon's own /metrics listen (port 0: not at all).
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 9191
+    daemon_metrics_port: int = 9192
+    # Up to this many tenants (per process) get tenant and workflow labels; 0: none.
+    metrics_tenant_labels: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -25,6 +25,8 @@ import structlog
 
 from daemon import outbox
 from daemon.loops import BROKER_ERRORS, OUTAGES
+from daemon.metrics import EVENTS_DISPATCHED
+from daemon.progress import loop_passed, loop_started
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +69,7 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         stopping = asyncio.ensure_future(stop.wait())
+        loop_started("dispatcher", self.idle_s)  # it wakes at least every idle_s
         try:
             while not stop.is_set():
                 waking = asyncio.ensure_future(self._wake.wait())
@@ -82,6 +85,7 @@ class Dispatcher:
                     await self.drain()
                 except OUTAGES as exc:
                     log.warning("dispatch failed; will try again", error=str(exc))
+                loop_passed("dispatcher")
         finally:
             stopping.cancel()
 
@@ -106,6 +110,7 @@ class Dispatcher:
                 log.warning("could not send match message", events=len(ids), error=str(exc))
                 return total
             self.in_flight.append(InFlight(ids, self.clock()))
+            EVENTS_DISPATCHED.inc(len(ids))
             total += len(ids)
             if len(ids) < self.batch_size:
                 return total

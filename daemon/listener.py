@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 
 from config.database import DATABASE_ERRORS, connect
+from daemon.progress import loop_passed, loop_started
 
 log = structlog.get_logger(__name__)
 
@@ -22,9 +23,12 @@ APPLICATION_NAME = "herald-listener"  # how the connection shows in pg_stat_acti
 MAX_BACKOFF_S = 10.0
 
 
-async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> None:
-    """Call ``wake`` for every notification until ``stop`` is set."""
+async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event, *,
+                 on_listening: Callable[[], None] | None = None) -> None:
+    """Call ``wake`` for every notification until ``stop`` is set; ``on_listening``
+    each time the LISTEN connection is (re)established (the daemon's readiness)."""
     backoff = 0.5
+    loop_started("listener", KEEPALIVE_S + MAX_BACKOFF_S)  # a keepalive, or a reconnection attempt
     while not stop.is_set():
         conn: asyncpg.Connection | None = None
         lost = asyncio.Event()
@@ -35,15 +39,20 @@ async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event) -> Non
             log.info("listening", channel=CHANNEL)
             backoff = 0.5
             wake()  # catch up on whatever arrived while not listening
+            if on_listening is not None:
+                on_listening()
+            loop_passed("listener")
             while not stop.is_set() and not lost.is_set():
                 await _wait_any(stop, lost, timeout=KEEPALIVE_S)
                 if not stop.is_set() and not lost.is_set():
                     await conn.execute("SELECT 1")  # keepalive: finds a dead link
+                loop_passed("listener")
         except DATABASE_ERRORS as exc:
             log.warning("listen connection lost", error=str(exc), retry_in_s=backoff)
         finally:
             if conn is not None and not conn.is_closed():
                 await conn.close()
+        loop_passed("listener")  # an attempt that failed is progress too: it will try again
         if not stop.is_set():
             await _wait_any(stop, timeout=backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)

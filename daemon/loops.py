@@ -16,6 +16,7 @@ import redis
 import structlog
 
 from config.database import DATABASE_ERRORS
+from daemon.progress import loop_passed, loop_started
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +28,11 @@ OUTAGES: tuple[type[Exception], ...] = (*DATABASE_ERRORS, *BROKER_ERRORS)
 
 async def every(interval_s: float, work: Callable[[], Awaitable[object]], stop: asyncio.Event, *,
                 name: str, on_outage: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Run ``work`` every ``interval_s`` until ``stop`` is set, surviving outages."""
+    """Run ``work`` every ``interval_s`` until ``stop`` is set, surviving outages.
+
+    Each pass, failed or not, counts as progress for systemd's watchdog (see daemon.progress).
+    """
+    loop_started(name, interval_s)
     while not stop.is_set():
         try:
             await work()
@@ -35,6 +40,7 @@ async def every(interval_s: float, work: Callable[[], Awaitable[object]], stop: 
             log.warning(f"{name} failed; will try again", error=str(exc), error_type=type(exc).__name__)
             if on_outage is not None:
                 await on_outage()
+        loop_passed(name)
         await sleep_until_stopped(stop, interval_s)
 
 

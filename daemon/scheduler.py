@@ -75,9 +75,10 @@ SELECT EXISTS (SELECT FROM pg_attribute
 WORKFLOW_FAULTS = ("22", "42", "0A")
 
 # A fire not recorded yet for this workflow and occurrence: the unique key makes it once only.
+# The entity (row_id) tells retention which fires a newer occurrence replaced (daemon/retention.py).
 RECORD_FIRES = """
-INSERT INTO herald.schedule_fires (workflow_id, fire_key)
-SELECT $1, k FROM unnest($2::text[]) AS k
+INSERT INTO herald.schedule_fires (workflow_id, fire_key, row_id)
+SELECT $1, k, r FROM unnest($2::text[], $3::text[]) AS f(k, r)
 ON CONFLICT DO NOTHING
 RETURNING fire_key
 """
@@ -279,7 +280,8 @@ class Scheduler:
             return 0
         by_key = {f"{r['row_id']}:{r['occurrence']}": r for r in rows}
         # In the workflow's transaction (see tick): fires and their events commit together.
-        fresh = await conn.fetch(RECORD_FIRES, workflow["id"], list(by_key))
+        fresh = await conn.fetch(RECORD_FIRES, workflow["id"], list(by_key),
+                                 [row["row_id"] for row in by_key.values()])
         for record in fresh:
             row = by_key[record["fire_key"]]
             event_id = await conn.fetchval(

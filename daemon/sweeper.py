@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 import asyncpg
 import structlog
 
-from daemon import outbox
+from config.log_context import MAX_IDS
+from daemon import metrics, outbox
 from daemon.loops import every
 
 log = structlog.get_logger(__name__)
@@ -75,8 +76,11 @@ class Sweeper:
         await self._send_steps(resend)
         counts["resent"] = len(resend)
         counts["parked"] = len(park)
+        metrics.record_sweep(counts)
         if any(counts.values()):
-            log.info("sweep resent lost work", **counts)
+            # Which ones, so that a run's trail through the logs shows the re-send.
+            log.info("sweep resent lost work", **counts,
+                     **_listed(event_ids=events, run_ids=runs, step_ids=[*steps, *due, *resend], parked_step_ids=park))
         return counts
 
     async def _send(self, actor: str, ids: list[int]) -> None:
@@ -89,3 +93,9 @@ class Sweeper:
             by_actor[row["queue"]].append(row["id"])
         for actor, ids in by_actor.items():
             await self._send(actor, ids)
+
+
+def _listed(**found: Sequence[asyncpg.Record | int]) -> dict[str, list[int]]:
+    """The ids of each non-empty kind, at most MAX_IDS of each, for a log line."""
+    return {name: [row if isinstance(row, int) else row["id"] for row in rows][:MAX_IDS]
+            for name, rows in found.items() if rows}

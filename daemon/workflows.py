@@ -76,9 +76,11 @@ RETURNING id, version
 # How often a workflow ran is counted from its runs (those not skipped as
 # duplicates), not kept on the workflow's row: a counter there is one row
 # every matching transaction would update, and they would queue for its lock.
+# Runs that retention deleted (daemon/retention.py) are counted in herald.pruned_runs.
 EXPORT = """
 SELECT w.id, w.tenant_id, w.source_id, w.name, w.version, w.definition, w.is_active,
-       coalesce(ran.n, 0) AS execution_count
+       coalesce(ran.n, 0) + coalesce((SELECT sum(p.runs) FROM herald.pruned_runs p WHERE p.workflow_id = w.id), 0)::bigint
+           AS execution_count
 FROM herald.workflows w
 LEFT JOIN (SELECT workflow_id, count(*) AS n FROM herald.runs WHERE status <> 'skipped' GROUP BY 1) ran
        ON ran.workflow_id = w.id
@@ -94,8 +96,10 @@ SELECT {WORKFLOW_FIELDS} FROM herald.workflows WHERE tenant_id = $1 ORDER BY cre
 
 LIST = """
 SELECT w.id, w.tenant_id, w.source_id, w.name, w.trigger_type, w.version, w.is_active,
-       (SELECT count(*) FROM herald.runs r WHERE r.workflow_id = w.id AND r.status <> 'skipped') AS runs,
-       (SELECT count(*) FROM herald.runs r WHERE r.workflow_id = w.id AND r.status = 'failed') AS failed
+       (SELECT count(*) FROM herald.runs r WHERE r.workflow_id = w.id AND r.status <> 'skipped')
+       + (SELECT coalesce(sum(p.runs), 0)::bigint FROM herald.pruned_runs p WHERE p.workflow_id = w.id) AS runs,
+       (SELECT count(*) FROM herald.runs r WHERE r.workflow_id = w.id AND r.status = 'failed')
+       + (SELECT coalesce(sum(p.failed), 0)::bigint FROM herald.pruned_runs p WHERE p.workflow_id = w.id) AS failed
 FROM herald.workflows w
 WHERE w.deleted_at IS NULL AND ($1::text IS NULL OR w.tenant_id = $1)
 ORDER BY w.tenant_id, w.created_at, w.id
@@ -104,7 +108,9 @@ ORDER BY w.tenant_id, w.created_at, w.id
 HISTORY = """
 SELECT v.version, v.saved_at, v.saved_by,
        (SELECT count(*) FROM herald.runs r
-        WHERE r.workflow_id = v.workflow_id AND r.workflow_version = v.version AND r.status <> 'skipped') AS runs
+        WHERE r.workflow_id = v.workflow_id AND r.workflow_version = v.version AND r.status <> 'skipped')
+       + (SELECT coalesce(sum(p.runs), 0)::bigint FROM herald.pruned_runs p
+          WHERE p.workflow_id = v.workflow_id AND p.version = v.version) AS runs
 FROM herald.workflow_versions v
 WHERE v.workflow_id = $1
 ORDER BY v.version DESC

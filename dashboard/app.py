@@ -20,6 +20,7 @@ from markupsafe import Markup, escape
 from config.settings import Settings
 from dashboard import auth
 from dashboard.guard import SETTINGS, error_pages, guard, security_headers
+from dashboard.log_context import request_log_context
 from dashboard.resources import POOL, resources
 from dashboard.views import VIEW_MODULES, account
 
@@ -46,7 +47,7 @@ def moment(value: Any) -> Markup:
 def create_app(settings: Settings) -> web.Application:
     # aiohttp-jinja2 keeps its per-request template context under a string key.
     warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_jinja2")
-    app = web.Application(middlewares=[guard, error_pages, auth.make_middleware(POOL, SETTINGS)],
+    app = web.Application(middlewares=[request_log_context, guard, error_pages, auth.make_middleware(POOL, SETTINGS)],
                           client_max_size=2 * 1024 * 1024)
     app[SETTINGS] = settings
     app.on_response_prepare.append(security_headers)

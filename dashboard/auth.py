@@ -29,6 +29,7 @@ from aiohttp import web
 from config.settings import Settings
 from daemon.accounts import User, role_rank, token_for, token_hash, user_by_id
 from dashboard.guard import VIEWER, wants_json
+from dashboard.log_context import bind_viewer
 
 SESSION_COOKIE = "herald_session"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -217,6 +218,7 @@ def make_middleware(pool_key: web.AppKey[asyncpg.Pool], settings_key: web.AppKey
         if who is None:
             raise _login_redirect(request)
         request[VIEWER] = who
+        bind_viewer(who.actor, who.tenant)  # on the request's log lines from here on
         if request.method not in ("GET", "HEAD", "OPTIONS") and bearer is None:
             given = request.headers.get("X-CSRF-Token")
             if given is None and request.content_type in ("application/x-www-form-urlencoded",

@@ -51,6 +51,17 @@ class StepRun:
     clock: dt.datetime | None = None
     # Seconds this step's templates have taken so far (STEP_TEMPLATES_TIME_LIMIT_S in all).
     render_seconds: float = field(default=0.0, init=False)
+    # When this step began to run (``time.monotonic()``), just after its claim.
+    started: float = field(default_factory=time.monotonic, init=False)
+
+    def since_commit_s(self) -> float | None:
+        """Seconds from the event's capture to now, for a step's first attempt (None
+        for later attempts, whose wait is the retry's): the event's age at the claim,
+        on PostgreSQL's clock, plus this process's time since, so hosts' clocks never mix."""
+        age = self.step.get("event_age_s")
+        if age is None or self.step.get("attempts") != 1:
+            return None
+        return float(age) + time.monotonic() - self.started
 
     def now(self) -> dt.datetime:
         return self.clock or dt.datetime.now(dt.UTC)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from actors.actions.base import Done, StepRun
+from actors.metrics import metered
 from actors.model.rate_limits import RateLimit
 from actors.providers import OutboundMessage, ProviderResult
 from actors.rate_limits import admit
@@ -90,7 +91,7 @@ async def deliver(
     # Cancelled or crashed mid-call, the row stays *sending*: whether it went out
     # is unknown, and the sweeper settles it once this worker is gone.
     try:
-        result = await send(message)
+        result = await metered(send, message, provider_name, run.since_commit_s())
     except DeliveryUnknownError as exc:
         if idempotent:
             # The provider drops a repeated key: sending again is how to find out.

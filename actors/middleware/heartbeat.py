@@ -7,6 +7,8 @@ the worker process that claimed a step is still alive (see :mod:`actors.liveness
 
 from __future__ import annotations
 
+import threading
+
 import dramatiq
 from dramatiq.middleware import Middleware
 
@@ -22,6 +24,11 @@ class WorkerHeartbeat(Middleware):
         self.database_url = database_url
         self.interval_s = interval_s
         self._thread: HeartbeatThread | None = None
+
+    @property
+    def first_beat(self) -> threading.Event | None:
+        """Set once this process has beaten, so its database connection works (None before boot)."""
+        return None if self._thread is None else self._thread.first_beat
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._thread = HeartbeatThread(self.database_url, worker_instance(), kind="worker",

@@ -89,6 +89,9 @@ class WorkerLifecycle(Middleware):
         self._stopping = threading.Event()
         self._deadline_armed = threading.Lock()
         self._deadline: threading.Thread | None = None
+        # Called (from the watchdog thread) each time the event loop answers: proof of
+        # progress for systemd's watchdog (actors.middleware.systemd).
+        self.loop_answered: list[Callable[[], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerLifecycle:
@@ -168,6 +171,8 @@ class WorkerLifecycle(Middleware):
             if not answered.wait(self.watchdog_s) and not self._stopping.is_set():
                 _exit(EXIT_WATCHDOG, "the event loop has not answered; exiting for a restart",
                       watchdog_s=self.watchdog_s)
+            for callback in list(self.loop_answered):
+                callback()
             self._stopping.wait(interval)
 
     def _arm_deadline(self, reason: str) -> None:

@@ -17,12 +17,22 @@ import structlog
 from config.errors import HeraldError, WorkflowValidationError
 from config.logging import configure_logging
 from config.settings import Settings, current, set_for_process
-from daemon.cli import processes, runs, tables, tenants, testing, users, workflows
+from daemon.cli import (
+    maintenance,
+    ops,
+    processes,
+    runs,
+    tables,
+    tenants,
+    testing,
+    users,
+    workflows,
+)
 from daemon.cli.common import one_line
 
 log = structlog.get_logger("herald")
 
-GROUPS = (processes, tables, workflows, runs, tenants, testing, users)
+GROUPS = (processes, tables, workflows, runs, tenants, testing, users, ops, maintenance)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except HeraldError as exc:
         print(f"herald: {one_line(str(exc))}", file=sys.stderr)
-        return 1
+        # status and doctor keep 1 for "look at this" and 2 for "cannot check" (daemon.cli.ops).
+        return int(getattr(args, "error_status", 1))
     except Exception as exc:
         # Commands that read what a person typed or wrote: input Herald's own checks missed
         # is still reported in one line, not as a traceback (HERALD_LOG_LEVEL=DEBUG shows it).

@@ -211,8 +211,17 @@ def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from config.sd_notify import share_watchdog_with_children
+
     require_herald_here(settings)
     export_worker_settings(settings)  # before Dramatiq is imported
+    # Under systemd the worker processes this one forks feed the watchdog (see
+    # actors.middleware.systemd; the unit has NotifyAccess=all).
+    share_watchdog_with_children()
+    from actors.metrics_dir import prepare_multiprocess_dir, remove_multiprocess_dir
+
+    # Before prometheus-client is imported (by the worker processes, which inherit it).
+    metrics_dir = prepare_multiprocess_dir()
     import dramatiq.cli
 
     sys.argv = [
@@ -221,11 +230,17 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         "--threads", str(settings.worker_threads),
         "--skip-logging",
     ]
+    if settings.worker_metrics_port:
+        # The group's /metrics: a process Dramatiq's parent forks after the workers.
+        sys.argv += ["--fork-function", "actors.metrics_dir:serve_worker_metrics"]
     # Dramatiq's parent process exits with its worker processes' worst status:
     # non-zero when one died abnormally (killed: 1; a lifecycle exit, see
     # actors.middleware.lifecycle: its code), so `Restart=on-failure` and
     # `herald up` restart it. The worker processes never outlive it.
-    return int(dramatiq.cli.main() or 0)
+    try:
+        return int(dramatiq.cli.main() or 0)
+    finally:
+        remove_multiprocess_dir(metrics_dir)
 
 
 def loopback_address(host: str) -> bool:
@@ -244,7 +259,9 @@ def loopback_address(host: str) -> bool:
 def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from config.sd_notify import Notifier
     from dashboard.app import create_app
+    from dashboard.notify import serving
 
     require_herald_here(settings)
     log.info("dashboard listening", host=settings.dashboard_host, port=settings.dashboard_port)
@@ -252,6 +269,9 @@ def cmd_dashboard(settings: Settings, args: argparse.Namespace) -> int:
         log.warning("the dashboard listens beyond this machine: put it behind HTTPS (a proxy terminating TLS)"
                     " and set HERALD_DASHBOARD_ALLOWED_HOSTS to the names people reach it by",
                     host=settings.dashboard_host)
-    web.run_app(create_app(settings), host=settings.dashboard_host, port=settings.dashboard_port,
-                print=None, access_log=None)
+    app = create_app(settings)
+    # aiohttp calls `print` once the site listens: READY=1 for systemd (nothing printed).
+    listening = serving(app, Notifier.from_environ(), f"{settings.dashboard_host}:{settings.dashboard_port}")
+    web.run_app(app, host=settings.dashboard_host, port=settings.dashboard_port,
+                print=listening, access_log=None)
     return 0

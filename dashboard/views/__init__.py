@@ -7,6 +7,7 @@ from dashboard.views import (
     events,
     failures,
     health,
+    metrics,
     overview,
     runs,
     users,
@@ -14,4 +15,4 @@ from dashboard.views import (
     workflows,
 )
 
-VIEW_MODULES = (account, overview, runs, events, failures, workflows, workflow_tests, analytics, users, health)
+VIEW_MODULES = (account, overview, runs, events, failures, workflows, workflow_tests, analytics, users, health, metrics)

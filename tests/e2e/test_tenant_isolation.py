@@ -22,9 +22,9 @@ from aiohttp.test_utils import TestClient
 from config.database import connection, create_pool
 from config.embedded_layout import EmbeddedLayout
 from config.settings import Settings
+from daemon import health_reads as health_queries
 from daemon.workflows import import_workflow
 from dashboard.app import create_app
-from dashboard.queries import health as health_queries
 from dashboard.queries import runs as queries
 from tests.conftest import wait_until
 from tests.dashboard_support import make_user, sign_in

@@ -53,6 +53,8 @@ ROUTES: dict[tuple[str, str], tuple[str | None, Params | None]] = {
     ("GET", "/login"): (None, None),
     ("POST", "/login"): (None, None),
     ("GET", "/health"): (None, None),
+    # No session: HERALD_METRICS_TOKEN, or loopback only (tests/integration/test_metrics_endpoint.py).
+    ("GET", "/metrics"): (None, None),
     ("POST", "/logout"): ("viewer", None),
     ("POST", "/tenant"): ("viewer", None),
     ("GET", "/account"): ("viewer", None),

@@ -19,9 +19,9 @@ from actors.matching import match_events
 from actors.model import dedupe
 from actors.model.triggers import parse_trigger
 from actors.workflows_cache import WorkflowCache
+from daemon import health_reads as health_queries
 from daemon.capture import Relation, watch_table
 from daemon.workflows import import_workflow
-from dashboard.queries import health as health_queries
 from dashboard.queries import runs as queries
 
 ANY_JOB_CHANGE = {"name": "any change", "trigger_type": "job_updated", "steps": [

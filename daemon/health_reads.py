@@ -1,5 +1,6 @@
 """The health checks' SQL and Redis reads: outbox backlog, heartbeats, stuck
-steps and Dramatiq queue depths."""
+steps and Dramatiq queue depths. :mod:`daemon.health` judges them for `/health`
+and `herald status`; the dashboard's `/metrics` reports them."""
 
 from __future__ import annotations
 
