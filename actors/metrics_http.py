@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,10 +138,18 @@ def listen(registry: Callable[[], CollectorRegistry], settings: Settings, port: 
 def serve_forever(registry: Callable[[], CollectorRegistry], settings: Settings, port: int, *, what: str) -> int:
     """Serve on this thread until the process is stopped, or its parent (the
     worker's Dramatiq parent) is gone: a listener never outlives its worker."""
+    from actors.middleware.lifecycle import set_parent_death_signal
+
+    # The parent as forked from (not os.getppid(): if it died already, that is init).
+    forked_from = multiprocessing.parent_process()
+    parent = forked_from.pid if forked_from is not None and forked_from.pid else os.getppid()
+    # The kernel's signal when the parent dies, and a watch for where that is not had.
+    set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent:
+        return 0
     server = listen(registry, settings, port, what=what)
     if server is None:
         return 0
-    parent = os.getppid()
 
     def watch_parent() -> None:
         while os.getppid() == parent:

@@ -107,7 +107,7 @@ class WorkerLifecycle(Middleware):
         self._parent_pid = parent.pid if parent is not None and parent.pid else os.getppid()
         self._chain_sigterm()
         signal.signal(PARENT_DEATH_SIGNAL, self._on_parent_death)
-        self._death_signal_set = (_set_parent_death_signal(PARENT_DEATH_SIGNAL)
+        self._death_signal_set = (set_parent_death_signal(PARENT_DEATH_SIGNAL)
                                   and os.getppid() == self._parent_pid)
         _start_thread("herald-parent-watch", self._watch_parent)
 
@@ -195,7 +195,7 @@ def _start_thread(name: str, target: Callable[..., None], *args: object) -> thre
     return thread
 
 
-def _set_parent_death_signal(signum: signal.Signals) -> bool:
+def set_parent_death_signal(signum: signal.Signals) -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         return int(libc.prctl(PR_SET_PDEATHSIG, int(signum))) == 0

@@ -413,11 +413,16 @@ async def test_worker_processes_die_with_their_parent(processes: Processes) -> N
     pids = await wait_for_workers(processes, 2)
     assert set(pids) <= descendants(worker.pid)
 
+    async def whole_family() -> set[int]:  # the two worker processes and the metrics listener
+        family = descendants(worker.pid)
+        return family if len(family) >= 3 else set()
+
+    family = await wait_until(whole_family, timeout=15, interval=0.05, message="the metrics listener's process")
     worker.kill()  # kill -9 of Dramatiq's parent process
     worker.wait()
 
     async def gone() -> bool:
-        return not any(alive(pid) for pid in pids)
+        return not any(alive(pid) for pid in family)
 
     await wait_until(gone, timeout=15, interval=0.05, message="the orphaned worker processes to exit")
 
