@@ -19,7 +19,6 @@ from aiohttp import web
 from config.database import DATABASE_ERRORS
 from config.settings import Settings
 from daemon import health as judged
-from daemon.health import QUEUES  # noqa: F401 (the queues /health reports, for the pages)
 from dashboard.auth import public
 from dashboard.resources import POOL, REDIS, SETTINGS
 

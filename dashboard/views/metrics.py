@@ -33,10 +33,10 @@ from actors.metrics_http import exposition, refusal
 from config.database import DATABASE_ERRORS
 from config.settings import Settings
 from daemon import health_reads as health_queries
+from daemon.health import QUEUES
 from dashboard.auth import public
 from dashboard.queries import metrics as queries
 from dashboard.resources import POOL, REDIS, SETTINGS
-from dashboard.views.health import QUEUES
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from daemon.demo import load_demo
+from daemon.health import QUEUES
 from dashboard.charts import BOTTOM, HEIGHT, TOP, Series, line_chart, stacked_bars
-from dashboard.views.health import QUEUES
 from dashboard.views.overview import duration
 from tests.dashboard_support import signed_in
 
