@@ -1,7 +1,8 @@
 """`herald watch` / `herald unwatch`: capture a business table's changes.
 
-The trigger writes each INSERT, UPDATE (that changes something) and DELETE to
-herald.events in the same transaction as the change, and NOTIFYs the event id.
+Capture writes each inserted, updated (changed) and deleted row to herald.events
+in the same transaction as the change, one set-based INSERT per statement, and
+NOTIFYs the daemon once per transaction (config/migrations/019_capture_per_statement.sql).
 It runs with Herald's rights (config/migrations/010_existing_databases.sql), so
 the application's own roles keep writing their tables as before.
 
@@ -56,6 +57,11 @@ SELECT count(*) FROM herald.workflows w
 WHERE w.is_active AND (w.trigger_type LIKE $1 || '\\_%' OR w.trigger_type LIKE 'crm/' || $1 || '.%')
 """
 
+# What `herald watch` installs on a table (migration 019): per statement for
+# inserts, updates and deletes; a partitioned table has herald_capture (inserts
+# and deletes, per row) and herald_capture_update only.
+CAPTURE_TRIGGERS = ("herald_capture", "herald_capture_update", "herald_capture_delete")
+
 ENTITY = re.compile(r"^[a-z][a-z0-9_]*$")
 _TABLE_KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view", "f": "foreign table"}
 
@@ -90,10 +96,6 @@ class Watched:
     entity: str
     id_column: str
     warnings: list[str] = field(default_factory=list)
-
-
-def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def default_entity(table_name: str) -> str:
@@ -264,19 +266,11 @@ async def watch_table(
     if report.missing:
         raise HeraldConfigError(report.missing_text())
     warnings.extend(report.warnings)
-    args = ", ".join(quote_literal(arg) for arg in (entity, id_column, tenant_column or "", qualified))
-    target_sql = quote_qualified(qualified)
     async with conn.transaction():
-        await conn.execute(
-            f"CREATE OR REPLACE TRIGGER herald_capture AFTER INSERT OR DELETE ON {target_sql}"
-            f" FOR EACH ROW EXECUTE FUNCTION herald.capture_change({args})"
-        )
-        # An UPDATE that changes nothing is not an event.
-        await conn.execute(
-            f"CREATE OR REPLACE TRIGGER herald_capture_update AFTER UPDATE ON {target_sql}"
-            f" FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*)"
-            f" EXECUTE FUNCTION herald.capture_change({args})"
-        )
+        # config/migrations/019_capture_per_statement.sql: per statement, or per
+        # row on a partitioned table.
+        await conn.execute("SELECT herald.install_capture($1::regclass, $2, $3, $4, $5)",
+                           quote_qualified(qualified), entity, id_column, tenant_column, qualified)
         await conn.execute(UPSERT_WATCHED, qualified, entity, id_column, tenant_column, relation_map,
                            action_targets, list(updatable), checked_fills)
     return Watched(qualified, entity, id_column, warnings)
@@ -290,7 +284,7 @@ async def unwatch_table(conn: asyncpg.Connection, table: str) -> tuple[str, int]
         entity = await conn.fetchval(
             "DELETE FROM herald.watched_tables WHERE table_name = $1 RETURNING entity", qualified)
         drops = [f"DROP TRIGGER IF EXISTS {quote_ident(trigger)} ON {quote_qualified(qualified)};"
-                 for trigger in ("herald_capture", "herald_capture_update")]
+                 for trigger in CAPTURE_TRIGGERS]
         try:
             for drop in drops:
                 await conn.execute(drop)

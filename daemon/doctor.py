@@ -30,11 +30,11 @@ import redis.asyncio as aioredis
 
 from config.database import migration_files, quote_qualified
 from config.settings import VARIABLES, Settings, parse_recipient_limit
+from daemon.capture import CAPTURE_TRIGGERS
 
 Level = Literal["ok", "warn", "fail", "skip"]
 
 # Herald's capture triggers on each watched table (daemon.capture.watch_table).
-CAPTURE_TRIGGERS = ("herald_capture", "herald_capture_update")
 # Delays, rate-limit waits, Retry-After times, time triggers and webhook signatures mix this
 # machine's clock with PostgreSQL's: past these, the difference shows.
 CLOCK_SKEW_WARN_S = 2.0
@@ -192,11 +192,13 @@ def local_findings(settings: Settings) -> list[Finding]:
 
 APPLIED = "SELECT version, name FROM herald.schema_migrations ORDER BY version"
 
-# Each watched table: whether it still exists, and its triggers named like Herald's
-# capture triggers: their enabled state (pg_trigger.tgenabled: O origin and A always
-# fire; D disabled; R only on replicas) and whether they call Herald's function.
+# Each watched table: whether it still exists, its kind, and its triggers named
+# like Herald's capture triggers: the writes they fire on (pg_trigger.tgtype),
+# their enabled state (pg_trigger.tgenabled: O origin and A always fire; D
+# disabled; R only on replicas) and whether they call Herald's function.
 TRIGGERS = """
-SELECT w.table_name, rel.oid IS NOT NULL AS present, t.tgname::text AS trigger, t.tgenabled::text AS enabled,
+SELECT w.table_name, rel.oid IS NOT NULL AS present, c.relkind::text AS kind, t.tgname::text AS trigger,
+       t.tgtype::int AS type, t.tgenabled::text AS enabled,
        t.tgfoid IN (SELECT p.oid FROM pg_proc p
                     WHERE p.proname = 'capture_change' AND p.pronamespace = 'herald'::regnamespace) AS herald
 FROM herald.watched_tables w
@@ -204,9 +206,28 @@ LEFT JOIN LATERAL (
     SELECT to_regclass(format('%I.%I', split_part(w.table_name, '.', 1),
                               substr(w.table_name, strpos(w.table_name, '.') + 1))) AS oid
 ) rel ON true
+LEFT JOIN pg_class c ON c.oid = rel.oid
 LEFT JOIN pg_trigger t ON t.tgrelid = rel.oid AND t.tgname = ANY ($1::text[])
 ORDER BY w.table_name, t.tgname
 """
+
+# The writes a trigger fires on: pg_trigger.tgtype's bits.
+WRITES = {"inserts": 4, "deletes": 8, "updates": 16}
+# What `herald watch` installs (daemon/capture.py) and the writes each captures:
+# per statement, or per row on a partitioned table.
+EXPECTED = {"herald_capture": 4, "herald_capture_update": 16, "herald_capture_delete": 8}
+EXPECTED_PARTITIONED = {"herald_capture": 4 | 8, "herald_capture_update": 16}
+
+
+def _writes(bits: int) -> str:
+    return " and ".join(name for name, bit in WRITES.items() if bits & bit)
+
+
+@dataclass
+class _Trigger:
+    type: int
+    enabled: str
+    herald: bool
 
 ENABLED_STATES = {"O", "A"}
 DISABLED_STATES = {"D": "disabled", "R": "set to fire only on replicas"}
@@ -234,40 +255,46 @@ async def migration_findings(conn: asyncpg.Connection) -> list[Finding]:
 
 
 async def trigger_findings(conn: asyncpg.Connection) -> list[Finding]:
-    """Every watched table still there, with both capture triggers installed and enabled."""
+    """Every watched table still there, its inserts, updates and deletes each
+    captured by an installed, enabled trigger of Herald's."""
     check = "capture triggers"
-    tables: dict[str, tuple[bool, dict[str, tuple[str, bool]]]] = {}
+    tables: dict[str, tuple[bool, str, dict[str, _Trigger]]] = {}
     for row in await conn.fetch(TRIGGERS, list(CAPTURE_TRIGGERS)):
-        _present, triggers = tables.setdefault(row["table_name"], (row["present"], {}))
+        _present, _kind, triggers = tables.setdefault(row["table_name"], (row["present"], row["kind"], {}))
         if row["trigger"] is not None:
-            triggers[row["trigger"]] = (row["enabled"], row["herald"])
+            triggers[row["trigger"]] = _Trigger(row["type"], row["enabled"], row["herald"])
     if not tables:
         return [warn(check, "no table is watched: no change becomes an event",
                      "run: herald watch TABLE --tenant-column COLUMN")]
     findings = []
-    for table, (present, triggers) in tables.items():
+    rewatch = "run `herald watch {table}` again, with the options it was watched with"
+    for table, (present, kind, triggers) in tables.items():
         if not present:
             literal = table.replace("'", "''")
             findings.append(fail(
                 check, f"{table} is watched but no longer exists: nothing captures its changes",
                 f"restore it, or stop watching it: DELETE FROM herald.watched_tables WHERE table_name = '{literal}';"))
             continue
-        for trigger in CAPTURE_TRIGGERS:
-            what = "inserts and deletes" if trigger == "herald_capture" else "updates"
-            if trigger not in triggers:
-                findings.append(fail(check, f"{table} has no {trigger} trigger: its {what} are not captured",
-                                     f"run `herald watch {table}` again, with the options it was watched with"))
-                continue
-            enabled, herald = triggers[trigger]
-            if not herald:
-                findings.append(fail(check, f"{table}: trigger {trigger} is not Herald's (it calls another"
-                                     f" function): its {what} are not captured",
-                                     f"run `herald watch {table}` again, with the options it was watched with"))
-            elif enabled not in ENABLED_STATES:
-                state = DISABLED_STATES.get(enabled, f"in state {enabled!r}")
+        # Writes some trigger of Herald's captures (one a Herald before migration
+        # 019 installed per row captures inserts and deletes as herald_capture),
+        # or that a finding about a trigger there already names.
+        covered = 0
+        for name, trigger in triggers.items():
+            what = _writes(trigger.type)
+            covered |= trigger.type
+            if not trigger.herald:
+                findings.append(fail(check, f"{table}: trigger {name} is not Herald's (it calls another"
+                                     f" function): its {what} are not captured", rewatch.format(table=table)))
+            elif trigger.enabled not in ENABLED_STATES:
+                state = DISABLED_STATES.get(trigger.enabled, f"in state {trigger.enabled!r}")
                 findings.append(fail(
-                    check, f"{table}: trigger {trigger} is {state}: its {what} are not captured",
-                    f"as the table's owner: ALTER TABLE {quote_qualified(table)} ENABLE TRIGGER {trigger};"))
+                    check, f"{table}: trigger {name} is {state}: its {what} are not captured",
+                    f"as the table's owner: ALTER TABLE {quote_qualified(table)} ENABLE TRIGGER {name};"))
+        expected = EXPECTED_PARTITIONED if kind == "p" else EXPECTED
+        for name, bits in expected.items():
+            if name not in triggers and bits & ~covered:
+                findings.append(fail(check, f"{table} has no {name} trigger: its {_writes(bits & ~covered)} are"
+                                     " not captured", rewatch.format(table=table)))
     if not findings:
         findings.append(ok(check, f"installed and enabled on {_count(len(tables), 'watched table')}"))
     return findings

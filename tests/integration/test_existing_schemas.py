@@ -109,9 +109,19 @@ async def test_a_partitioned_table_s_events_are_its_own_not_its_partitions(conn:
     await conn.execute("INSERT INTO visits VALUES (1, 't', '2026-11-30', 'booked')")
     await conn.execute("UPDATE visits SET status = 'booked' WHERE id = 1")  # no change: no event
     await conn.execute("UPDATE visits SET status = 'done' WHERE id = 1")
+    # Writes naming a partition, one made after the watch among them, and a column
+    # of a type without equality (json), are captured all the same.
+    await conn.execute("ALTER TABLE visits ADD COLUMN notes json")
+    await conn.execute("CREATE TABLE visits_2027 PARTITION OF visits FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')")
+    await conn.execute("INSERT INTO visits_2027 VALUES (2, 't', '2027-02-01', 'booked', '{}')")
+    await conn.execute("""UPDATE visits_2027 SET notes = '{"gate": 4}' WHERE id = 2""")
+    await conn.execute("DELETE FROM visits_2026 WHERE id = 1")
     events = await conn.fetch("SELECT table_name, entity, row_id, type FROM herald.events ORDER BY id")
     assert [tuple(e) for e in events] == [("public.visits", "visit", "1", "visit.created"),
-                                          ("public.visits", "visit", "1", "visit.updated")]
+                                          ("public.visits", "visit", "1", "visit.updated"),
+                                          ("public.visits", "visit", "2", "visit.created"),
+                                          ("public.visits", "visit", "2", "visit.updated"),
+                                          ("public.visits", "visit", "1", "visit.deleted")]
 
 
 async def test_large_values_are_left_out_of_events_but_their_changes_still_show(conn: asyncpg.Connection) -> None:
@@ -131,6 +141,20 @@ async def test_large_values_are_left_out_of_events_but_their_changes_still_show(
     assert events[1]["old"]["scan"] == events[1]["new"]["scan"]
     size = await conn.fetchval("SELECT pg_column_size(new) FROM herald.events ORDER BY id LIMIT 1")
     assert size < 2_000
+    # The same for rows written several to a statement (captured as a set).
+    await conn.execute("INSERT INTO docs (title, body) VALUES ('u', $1), ('v', 'short')", big)
+    await conn.execute("UPDATE docs SET body = body || 'z' WHERE title IN ('u', 'v')")
+    await conn.execute("DELETE FROM docs WHERE title IN ('u', 'v')")
+    rows = await conn.fetch("SELECT type, coalesce(new, old) ->> 'title' AS title, old ->> 'body' AS was,"
+                            " new ->> 'body' AS body FROM herald.events WHERE id > $1 ORDER BY id",
+                            await conn.fetchval("SELECT min(id) + 1 FROM herald.events"))
+    shown = {(r["type"], r["title"]): (r["was"], r["body"]) for r in rows}
+    assert shown[("doc.created", "v")] == (None, "short")
+    assert shown[("doc.updated", "v")] == ("short", "shortz")
+    assert "100000 characters" in shown[("doc.created", "u")][1]
+    was, now = shown[("doc.updated", "u")]
+    assert "100000 characters" in was and "100001 characters" in now
+    assert "100001 characters" in shown[("doc.deleted", "u")][0] and len(rows) == 6
 
 
 async def test_watch_finds_tables_as_orms_name_them(conn: asyncpg.Connection) -> None:

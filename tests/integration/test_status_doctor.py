@@ -272,11 +272,31 @@ async def test_a_missing_trigger_or_table_fails(demo: asyncpg.Connection, capsys
     await demo.execute("INSERT INTO herald.watched_tables (table_name, entity) VALUES ('public.notes_gone', 'gone')")
     await demo.execute("DROP TABLE notes_gone")
     await demo.execute("DROP TRIGGER herald_capture ON invoices")
+    await demo.execute("DROP TRIGGER herald_capture_delete ON clients")
     code, out, _ = await herald(capsys, "doctor", "--json")
     failed = {f["reason"] for f in findings(out) if f["level"] == "fail"}
     assert code == 2
-    assert failed == {"public.invoices has no herald_capture trigger: its inserts and deletes are not captured",
+    assert failed == {"public.invoices has no herald_capture trigger: its inserts are not captured",
+                      "public.clients has no herald_capture_delete trigger: its deletes are not captured",
                       "public.notes_gone is watched but no longer exists: nothing captures its changes"}
+
+
+async def test_capture_per_row_as_before_migration_019_is_healthy(demo: asyncpg.Connection, capsys: Any) -> None:
+    # A table a Herald before capture per statement watched, that migration 019
+    # could not move (its role lacked the right then): per-row triggers capture
+    # every write, so doctor has nothing to say; disabling one still fails.
+    await demo.execute("DROP TRIGGER herald_capture_delete ON jobs")
+    args = "'job', 'id', 'organization_id', 'public.jobs'"
+    await demo.execute(f"CREATE OR REPLACE TRIGGER herald_capture AFTER INSERT OR DELETE ON jobs"
+                       f" FOR EACH ROW EXECUTE FUNCTION herald.capture_change({args})")
+    await demo.execute(f"CREATE OR REPLACE TRIGGER herald_capture_update AFTER UPDATE ON jobs"
+                       f" FOR EACH ROW EXECUTE FUNCTION herald.capture_change({args})")
+    code, out, _ = await herald(capsys, "doctor", "--json")
+    assert [f for f in findings(out) if f["check"] == "capture triggers"][0]["level"] == "ok"
+    await demo.execute("ALTER TABLE jobs DISABLE TRIGGER herald_capture")
+    code, out, _ = await herald(capsys, "doctor", "--json")
+    failed = {f["reason"] for f in findings(out) if f["level"] == "fail"}
+    assert failed == {"public.jobs: trigger herald_capture is disabled: its inserts and deletes are not captured"}
 
 
 async def test_a_pending_migration_fails(demo: asyncpg.Connection, capsys: Any) -> None:
