@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,22 +45,39 @@ _SCHEMA_CHANGED = (asyncpg.UndefinedColumnError, asyncpg.UndefinedTableError, as
 _PARSER = jinja2.Environment()
 
 
+class _Unreadable(Exception):
+    """A related table could not be read inside the enriching transaction, which
+    PostgreSQL has aborted: enrich again without it."""
+
+
 async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str, list[int]]:
     """Claim the pending runs among ``run_ids``, store their contexts and steps, in one
-    transaction; return the first steps to start, by action."""
-    first_steps: dict[str, list[int]] = defaultdict(list)
-    async with conn.transaction():
-        runs = await conn.fetch(store.CLAIM_RUNS, run_ids)
-        if not runs:
+    transaction; return the first steps to start, by action.
+
+    Related rows are read in that transaction without a savepoint each (two
+    round trips per related table, on every event): a table that cannot be read
+    (changed under Herald) aborts it, and the runs are enriched again from the
+    start with that table left out, so that the runs needing it fail saying why.
+    """
+    unreadable: dict[tuple[str, str, str], str] = {}
+    while True:
+        first_steps: dict[str, list[int]] = defaultdict(list)
+        try:
+            async with conn.transaction():
+                runs = await conn.fetch(store.CLAIM_RUNS, run_ids)
+                if not runs:
+                    return first_steps
+                with log_context.bound(**log_context.rows_ids("run", runs, event_key="event_id")):
+                    await _enrich_claimed(conn, runs, first_steps, unreadable)
             return first_steps
-        with log_context.bound(**log_context.rows_ids("run", runs, event_key="event_id")):
-            await _enrich_claimed(conn, runs, first_steps)
-    return first_steps
+        except _Unreadable:
+            continue  # each pass leaves out one more table: it ends
 
 
-async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps: dict[str, list[int]]) -> None:
+async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps: dict[str, list[int]],
+                          unreadable: dict[tuple[str, str, str], str]) -> None:
     """Store the claimed runs' contexts and steps (in the caller's transaction)."""
-    contexts = await build_contexts(conn, runs)
+    contexts = await build_contexts(conn, runs, unreadable, guarded=False)
     columns: list[list[Any]] = [[] for _ in range(9)]
     refusals: dict[int, str] = {}
     await conn.executemany(store.SET_CONTEXT, [(run["id"], contexts[run["id"]].context) for run in runs])
@@ -113,8 +131,16 @@ def _target(relation: dict[str, Any]) -> tuple[str, str, str]:
     return relation["table"], relation.get("key", "id"), relation.get("key_type", "text")
 
 
-async def build_contexts(conn: asyncpg.Connection, runs: list[Any]) -> dict[int, Context]:
-    """Each run's context, loading every relation with one query per related table."""
+async def build_contexts(conn: asyncpg.Connection, runs: list[Any],
+                         unreadable: dict[tuple[str, str, str], str] | None = None, *,
+                         guarded: bool = True) -> dict[int, Context]:
+    """Each run's context, loading every relation with one query per related table.
+
+    ``unreadable``: related tables found unreadable (by target), left out; one
+    found so now is added to it. ``guarded``: each table is read in a savepoint,
+    so that the caller's transaction goes on after one that cannot be; unguarded,
+    such a table raises :class:`_Unreadable` (the transaction is aborted).
+    """
     tables = sorted({run["table_name"] for run in runs})
     watched = {row["table_name"]: row for row in await conn.fetch(store.WATCHED_RELATIONS, tables)}
 
@@ -145,12 +171,14 @@ async def build_contexts(conn: asyncpg.Connection, runs: list[Any]) -> dict[int,
     owners = await store.related_tenant_columns(conn, pairs) if pairs else {}
 
     loaded: dict[tuple[tuple[str, str, str], str | None], dict[str, tuple[dict[str, Any], str | None]]] = {}
-    unreadable: dict[tuple[str, str, str], str] = {}
+    unreadable = {} if unreadable is None else unreadable
     for target, keys in wanted.items():
+        if target in unreadable:
+            continue
         for column in sorted({owner for (table, _), owner in owners.items() if table == target[0]},
                              key=lambda c: c or ""):
             try:
-                async with conn.transaction():  # a savepoint: the other runs' work goes on
+                async with conn.transaction() if guarded else nullcontext():
                     loaded[(target, column)] = await store.load_related(
                         conn, {"table": target[0], "key": target[1], "key_type": target[2]}, sorted(keys), column)
             except _SCHEMA_CHANGED as exc:
@@ -158,6 +186,9 @@ async def build_contexts(conn: asyncpg.Connection, runs: list[Any]) -> dict[int,
                 # a right revoked): the runs that need it fail and say so.
                 unreadable[target] = f"{target[0]} cannot be read by {target[1]}: {exc}"
                 log.error("related table unreadable", table=target[0], key=target[1], error=str(exc))
+                if not guarded:
+                    raise _Unreadable() from exc
+                break
     for run in runs:
         built = contexts[run["id"]]
         context = built.context

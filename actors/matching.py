@@ -7,10 +7,10 @@ matched and why or why not. Each run records the workflow's version it runs
 version's, whatever is saved before it starts. An event also cancels the delayed runs waiting
 on the same record whose ``cancel_on`` names a trigger it fires.
 
-One event cannot take its batch down: the batch is matched in a savepoint and,
-if that fails, each event again in its own; an event that still fails on its
-own is marked *failed* with the error (final: nobody sends it again), and the
-others are matched. Only a lost database connection or a transient database
+One event cannot take its batch down: the batch is matched at once and, if
+that fails, again with each event in a savepoint of its own; an event that
+still fails on its own is marked *failed* with the error (final: nobody sends
+it again), and the others are matched. Only a lost database connection or a transient database
 error (deadlock, serialisation, shutdown) fails the whole message, to be retried.
 """
 
@@ -66,8 +66,27 @@ def _transient(exc: BaseException) -> bool:
     return False
 
 
+class _BatchFailed(Exception):
+    """Matching a batch at once failed for one of its events: the transaction is
+    rolled back, to match them again one by one."""
+
+
 async def match_events(conn: asyncpg.Connection, event_ids: list[int], cache: WorkflowCache) -> Outcome:
-    """Match the claimable events among ``event_ids`` in one transaction on ``conn``."""
+    """Match the claimable events among ``event_ids`` in one transaction on ``conn``.
+
+    The whole batch at once, the usual case, with no savepoint (two round trips
+    on every event); should one event make that fail, the transaction is rolled
+    back and the batch matched again, each event in a savepoint of its own, so
+    that the one failing is marked failed and the others are matched.
+    """
+    try:
+        return await _match_events(conn, event_ids, cache, one_by_one=False)
+    except _BatchFailed:
+        return await _match_events(conn, event_ids, cache, one_by_one=True)
+
+
+async def _match_events(conn: asyncpg.Connection, event_ids: list[int], cache: WorkflowCache, *,
+                        one_by_one: bool) -> Outcome:
     outcome = Outcome()
     async with conn.transaction():
         events = await conn.fetch(store.CLAIM_EVENTS, event_ids)
@@ -77,21 +96,19 @@ async def match_events(conn: asyncpg.Connection, event_ids: list[int], cache: Wo
         # The claimed events' ids and tenant on every line logged while they are matched.
         with log_context.bound(**log_context.rows_ids("event", events)):
             outcome.events = len(events)
-            await conn.execute(store.NOTIFY_MATCHED)
             workflows = await cache.for_tenants(conn, (event["tenant_id"] for event in events))
             origins = await _origin_workflows(conn, events)
-            try:
-                async with conn.transaction():  # a savepoint: the whole batch at once, the usual case
+            if not one_by_one:
+                try:
                     outcome.add(await _match_batch(conn, events, workflows, origins))
-                return outcome
-            except Exception as exc:
-                if _transient(exc):
-                    raise
-                if len(events) == 1:
-                    await _mark_failed(conn, events[0], exc, outcome)
                     return outcome
-                log.warning("batch could not be matched; matching its events one by one",
-                            events=len(events), error=_error_text(exc))
+                except Exception as exc:
+                    if _transient(exc):
+                        raise
+                    if len(events) > 1:
+                        log.warning("batch could not be matched; matching its events one by one",
+                                    events=len(events), error=_error_text(exc))
+                    raise _BatchFailed() from exc
             for event in events:
                 try:
                     async with conn.transaction():  # a savepoint per event
@@ -175,13 +192,15 @@ async def _create_runs(conn: asyncpg.Connection, candidates: list[Candidate]) ->
         await conn.execute(store.LOCK_RECORDS, records)
     longest = max(max(c.spec.dedupe.window, c.spec.dedupe.once_per or dt.timedelta(0)) for c in candidates)
     earlier: dict[Any, list[tuple[str | None, str | None, dt.datetime]]] = defaultdict(list)
-    for row in await conn.fetch(
+    recent = await conn.fetch(
         store.RECENT_RUNS, sorted({c.workflow_id for c in candidates}),
         [c.dedupe_key for c in candidates if c.dedupe_key],
         [c.once_key for c in candidates if c.once_key], longest.total_seconds(),
-    ):
-        earlier[row["workflow_id"]].append((row["dedupe_key"], row["once_key"], row["created_at"]))
-    now = await conn.fetchval(store.NOW)
+    )
+    now = recent[0]["now"]
+    for row in recent:
+        if row["workflow_id"] is not None:
+            earlier[row["workflow_id"]].append((row["dedupe_key"], row["once_key"], row["created_at"]))
     columns: list[list[Any]] = [[] for _ in range(8)]
     for c in candidates:
         skip = dedupe.skip_reason(c.spec.dedupe, c.dedupe_key, c.once_key, earlier[c.workflow_id], now)

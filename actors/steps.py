@@ -95,26 +95,36 @@ WHERE id = $1
 
 NEXT_STEP = "SELECT id, action FROM herald.steps WHERE run_id = $1 AND position = $2 AND status = 'pending'"
 
-# STEP_DONE, then NEXT_STEP, in one round trip ($5, $6: NEXT_STEP's $1, $2).
-STEP_DONE_THEN_NEXT = f"""
-WITH done AS ({STEP_DONE.strip()})
-SELECT id, action FROM herald.steps WHERE run_id = $5 AND position = $6 AND status = 'pending'
-"""
-
 # A run whose every step was skipped (a rate limit's "skip") sent and wrote
-# nothing: it ends *skipped*, saying why, not *completed*.
-RUN_COMPLETED = """
+# nothing: it ends *skipped*, saying why, not *completed*. {run}: the run;
+# {sent}: a step of it sent in the same statement (whose update the statement
+# does not see), or NULL; {also}: a further condition.
+_RUN_COMPLETED = """
 UPDATE herald.runs r
 SET status = CASE WHEN done.any THEN 'completed' ELSE 'skipped' END,
     error = CASE WHEN done.any THEN NULL ELSE 'nothing sent: every step was skipped ('
                  || coalesce(done.first_reason, 'no reason recorded') || ')' END,
     completed_at = clock_timestamp(), updated_at = clock_timestamp(),
     execution_time_ms = (extract(epoch FROM clock_timestamp() - r.created_at) * 1000)::int
-FROM (SELECT bool_or(s.status = 'sent') AS any,
-             (array_agg(s.error ORDER BY s.position) FILTER (WHERE s.status = 'skipped'))[1] AS first_reason
-      FROM herald.steps s WHERE s.run_id = $1) AS done
-WHERE r.id = $1 AND r.status = 'running'
+FROM (SELECT coalesce(bool_or(s.status = 'sent' OR s.id = {sent}), false) AS any,
+             (array_agg(s.error ORDER BY s.position)
+                 FILTER (WHERE s.status = 'skipped' AND s.id IS DISTINCT FROM {sent}))[1] AS first_reason
+      FROM herald.steps s WHERE s.run_id = {run}) AS done
+WHERE r.id = {run} AND r.status = 'running'{also}
 RETURNING r.status, r.execution_time_ms
+"""
+
+RUN_COMPLETED = _RUN_COMPLETED.format(run="$1", sent="NULL::bigint", also="")
+
+# A step sent, and what follows in the same statement (one round trip, no
+# transaction around it): the run's next step to start, or, after its last, the
+# run completed. $1-$4: STEP_DONE's; $5 the run, $6 the next step's position.
+STEP_SENT = f"""
+WITH done AS ({STEP_DONE.strip()}),
+following AS (SELECT id, action FROM herald.steps WHERE run_id = $5 AND position = $6 AND status = 'pending'),
+ended AS ({_RUN_COMPLETED.format(run="$5", sent="$1", also=" AND NOT EXISTS (SELECT 1 FROM following)").strip()})
+SELECT f.id, f.action, e.status, e.execution_time_ms
+FROM (SELECT) AS one LEFT JOIN following f ON true LEFT JOIN ended e ON true
 """
 
 RUN_FAILED = """
@@ -361,11 +371,13 @@ async def _record_outcome(
         log.info("step waiting", until=outcome.until.isoformat())
         return [FollowUp(step["id"], step["action"], max(delay, 0.0))]
     assert isinstance(outcome, Done)
-    async with conn.transaction():
-        following = await conn.fetchrow(STEP_DONE_THEN_NEXT, step["id"], rendered, outcome.response, elapsed_ms,
-                                        step["run_id"], step["position"] + 1)
-        metrics.STEPS.labels(step["action"], "sent").inc()
-        return await _go_on(conn, step, following)
+    sent = await conn.fetchrow(STEP_SENT, step["id"], rendered, outcome.response, elapsed_ms,
+                               step["run_id"], step["position"] + 1)
+    metrics.STEPS.labels(step["action"], "sent").inc()
+    if sent["id"] is not None:
+        return [FollowUp(sent["id"], sent["action"])]
+    _run_ended(sent if sent["status"] is not None else None, step)
+    return []
 
 
 async def advance(conn: asyncpg.Connection, step: Mapping[str, Any]) -> list[FollowUp]:
@@ -376,10 +388,15 @@ async def advance(conn: asyncpg.Connection, step: Mapping[str, Any]) -> list[Fol
 async def _go_on(conn: asyncpg.Connection, step: Mapping[str, Any], following: Any) -> list[FollowUp]:
     """The next step (``following``, None after the last) to start, or the run completed."""
     if following is None:
-        _run_finished(await conn.fetchrow(RUN_COMPLETED, step["run_id"]), step)
-        log.info("run completed")
+        _run_ended(await conn.fetchrow(RUN_COMPLETED, step["run_id"]), step)
         return []
     return [FollowUp(following["id"], following["action"])]
+
+
+def _run_ended(ended: asyncpg.Record | None, step: Mapping[str, Any]) -> None:
+    """After a run's last step: count the run it ended (None: it had ended already)."""
+    _run_finished(ended, step)
+    log.info("run completed")
 
 
 async def _record_error(

@@ -19,19 +19,20 @@ _TYPE_NAME = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9, ]+\))?")
 # SKIP LOCKED: a duplicate message running at the same moment leaves the
 # events to the worker that holds them; if that worker dies, its transaction
 # rolls back and the sweeper sends them again.
+#
+# Claiming also tells the daemon's dispatcher that match messages were matched,
+# so that events it held back while they waited go out now (daemon/dispatcher.py):
+# a notification delivered at commit, on the channel the capture trigger wakes it
+# on, once per transaction however many events it claimed (PostgreSQL folds
+# identical ones), and none when it claimed nothing.
 CLAIM_EVENTS = """
 SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id,
-       origin_run_id
+       origin_run_id, pg_notify('herald_events', 'matched')::text AS notified
 FROM herald.events
 WHERE id = ANY($1::bigint[]) AND state IN ('pending', 'dispatched')
 ORDER BY id
 FOR UPDATE SKIP LOCKED
 """
-
-# Tells the daemon's dispatcher that match messages were matched, so that events
-# it held back while they waited go out now (daemon/dispatcher.py). Delivered at
-# commit, on the channel the capture trigger wakes it on.
-NOTIFY_MATCHED = "SELECT pg_notify('herald_events', 'matched')"
 
 MARK_MATCHED = """
 UPDATE herald.events
@@ -59,16 +60,16 @@ ON CONFLICT (workflow_id, event_id) DO NOTHING
 RETURNING id, workflow_id, status
 """
 
-# Earlier runs of these workflows that a new run could duplicate.
+# Earlier runs of these workflows that a new run could duplicate, and the time
+# they are judged at: a row of NULLs with it when there are none.
 RECENT_RUNS = """
-SELECT workflow_id, dedupe_key, once_key, created_at
-FROM herald.runs
-WHERE workflow_id = ANY($1::uuid[]) AND status <> 'skipped'
-  AND (dedupe_key = ANY($2::text[]) OR once_key = ANY($3::text[]))
-  AND created_at > clock_timestamp() - make_interval(secs => $4)
+SELECT now.at AS now, r.workflow_id, r.dedupe_key, r.once_key, r.created_at
+FROM (SELECT clock_timestamp() AS at) AS now
+LEFT JOIN herald.runs r
+  ON r.workflow_id = ANY($1::uuid[]) AND r.status <> 'skipped'
+ AND (r.dedupe_key = ANY($2::text[]) OR r.once_key = ANY($3::text[]))
+ AND r.created_at > now.at - make_interval(secs => $4)
 """
-
-NOW = "SELECT clock_timestamp()"
 
 LOCK_RECORDS = """
 SELECT pg_advisory_xact_lock(hashtextextended(k, 0))

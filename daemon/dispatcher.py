@@ -32,6 +32,9 @@ log = structlog.get_logger(__name__)
 
 Send = Callable[[list[int]], object]
 
+# The match actor's notification payload (actors/store.py, CLAIM_EVENTS).
+MATCHED = "matched"
+
 # A message unmatched this long stops holding the outbox back.
 HOLD_LIMIT_S = 1.0
 # While holding, how often to look whether the earlier messages were matched,
@@ -66,6 +69,13 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def notified(self, payload: str) -> None:
+        """A notification on the outbox channel: new events (the capture trigger's),
+        or match messages matched (the match actor's, ``matched``), which matters
+        only while events are held back behind them."""
+        if payload != MATCHED or self.holding:
+            self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         stopping = asyncio.ensure_future(stop.wait())

@@ -23,10 +23,11 @@ APPLICATION_NAME = "herald-listener"  # how the connection shows in pg_stat_acti
 MAX_BACKOFF_S = 10.0
 
 
-async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event, *,
+async def listen(dsn: str, notified: Callable[[str], None], stop: asyncio.Event, *,
                  on_listening: Callable[[], None] | None = None) -> None:
-    """Call ``wake`` for every notification until ``stop`` is set; ``on_listening``
-    each time the LISTEN connection is (re)established (the daemon's readiness)."""
+    """Call ``notified`` with every notification's payload until ``stop`` is set,
+    and with an empty one on (re)connecting; ``on_listening`` each time the LISTEN
+    connection is (re)established (the daemon's readiness)."""
     backoff = 0.5
     loop_started("listener", KEEPALIVE_S + MAX_BACKOFF_S)  # a keepalive, or a reconnection attempt
     while not stop.is_set():
@@ -35,10 +36,10 @@ async def listen(dsn: str, wake: Callable[[], None], stop: asyncio.Event, *,
         try:
             conn = await connect(dsn, server_settings={"application_name": APPLICATION_NAME})
             conn.add_termination_listener(lambda _conn: lost.set())
-            await conn.add_listener(CHANNEL, lambda *_args: wake())
+            await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, payload: notified(payload))
             log.info("listening", channel=CHANNEL)
             backoff = 0.5
-            wake()  # catch up on whatever arrived while not listening
+            notified("")  # catch up on whatever arrived while not listening
             if on_listening is not None:
                 on_listening()
             loop_passed("listener")

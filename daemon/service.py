@@ -62,7 +62,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> i
         retention = Retention(pool, RetentionPolicy.from_settings(settings), scheduler.is_leader)
         progress_token = CURRENT.set(progress)  # the loops' tasks copy it (see daemon.progress)
         tasks = [
-            asyncio.create_task(listen(settings.database_url, dispatcher.wake, stop,
+            asyncio.create_task(listen(settings.database_url, dispatcher.notified, stop,
                                        on_listening=lambda: notifier.ready("running")), name="listener"),
             asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
             asyncio.create_task(sweeper.run(stop), name="sweeper"),

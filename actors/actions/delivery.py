@@ -63,17 +63,18 @@ async def deliver(
         return preview(message)
     step = run.step
     async with run.pool.acquire() as conn:
-        message_id = None
-        async with conn.transaction():
-            message_id = await conn.fetchval(  # None: a row with this key exists
-                INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel,
-                provider_name, message.idempotency_key, message.recipient, message.subject, message.body,
-                message.html_body, idempotent,
-            )
-            # A new message counts against the recipient's limit (over it, the insert is
-            # rolled back); a resend of one does not.
-            if message_id is not None and limit is not None:
-                await admit(conn, limit, step["tenant_id"], message.channel, message.recipient, message_id)
+        insert = (INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel, provider_name,
+                  message.idempotency_key, message.recipient, message.subject, message.body, message.html_body,
+                  idempotent)
+        if limit is None or limit.per_recipient == 0:
+            message_id = await conn.fetchval(*insert)  # None: a row with this key exists
+        else:
+            async with conn.transaction():
+                message_id = await conn.fetchval(*insert)
+                # A new message counts against the recipient's limit (over it, the insert is
+                # rolled back); a resend of one does not.
+                if message_id is not None:
+                    await admit(conn, limit, step["tenant_id"], message.channel, message.recipient, message_id)
         message_id = message_id or await conn.fetchval(
             CLAIM_MESSAGE, message.idempotency_key, idempotent, message.recipient, message.subject, message.body,
             message.html_body)

@@ -59,10 +59,21 @@ async def test_events_wait_to_go_together_while_earlier_messages_are_unmatched(
     assert await dispatcher.drain() == 0 and dispatcher.holding
     assert await conn.fetchval("SELECT count(*) FROM herald.events WHERE id = ANY($1) AND state = 'pending'",
                                held) == 3
+    # The match actor's notification wakes a dispatcher holding events back...
+    dispatcher.notified("matched")
+    assert dispatcher._wake.is_set()
+    dispatcher._wake.clear()
     # The first message matched: the held events go out together, in one message.
     await conn.execute("UPDATE herald.events SET state = 'matched' WHERE id = ANY($1)", [first, second])
     assert await dispatcher.drain() == 3
     assert sent[-1] == held and not dispatcher.holding
+    # ...and not one holding nothing back (a drain would find nothing), while new
+    # events always do.
+    dispatcher.notified("matched")
+    assert not dispatcher._wake.is_set()
+    dispatcher.notified("")
+    assert dispatcher._wake.is_set()
+    dispatcher._wake.clear()
     # Nothing matched for longer than the hold limit (a lost message): it stops holding.
     late = await add_event(conn)
     assert await dispatcher.drain() == 0

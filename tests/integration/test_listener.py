@@ -25,7 +25,7 @@ async def test_listener_reconnects_and_keeps_waking(conn: asyncpg.Connection, db
         return probe
 
     stop = asyncio.Event()
-    task = asyncio.create_task(listen(db_url, lambda: wakes.append(None), stop))
+    task = asyncio.create_task(listen(db_url, lambda _payload: wakes.append(None), stop))
     try:
         first_pid = await wait_until(lambda: conn.fetchval(LISTENER_PID, APPLICATION_NAME),
                                      message="the listener to connect")

@@ -196,6 +196,43 @@ async def test_a_related_row_that_cannot_be_found_or_read_fails_its_run_naming_i
         " run `herald watch` for it again")
 
 
+async def test_an_unreadable_related_table_fails_only_the_runs_that_need_it(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
+) -> None:
+    # Runs enriched together: those of a workflow naming a related table Herald
+    # can no longer read fail naming it; those of one that does not get their
+    # context and steps as if alone (the enriching transaction the unreadable
+    # table aborted is done again without it).
+    await conn.execute(CRM)
+    await watch_table(conn, "appointments", tenant_column="practice_id", relations=(
+        Relation("patient", "patients", "patient_id"), Relation("room", "rooms", "room_id")))
+    for name, message in (("room", "{{room.name}} booked"), ("plain", "booked for {{patient.email}}")):
+        await import_workflow(conn, "p1", {"id": name, "name": name, "trigger_type": "appointment_created",
+                                           "steps": [{"id": "note", "type": "action", "config": {
+                                               "actionType": "email", "recipient": "office@example.com",
+                                               "subject": "Booked", "message": message}}]})
+    await conn.execute("ALTER TABLE rooms RENAME COLUMN id TO room_no")
+    await conn.execute("INSERT INTO appointments (practice_id, patient_id, room_id) VALUES ('p1', 1, 1), ('p1', 1, 1)")
+    events = [r["id"] for r in await conn.fetch("SELECT id FROM herald.events ORDER BY id")]
+    async with pool.acquire() as worker:
+        started = (await match_events(worker, events, cache)).started
+        first_steps = await enrich_runs(worker, started)
+    runs = await conn.fetch("SELECT r.id, w.name, r.status, r.error, r.context FROM herald.runs r"
+                            " JOIN herald.workflows w ON w.id = r.workflow_id ORDER BY r.id")
+    assert len(runs) == 4
+    for run in runs:
+        if run["name"] == "room":
+            assert run["status"] == "failed"
+            assert run["error"].startswith("step 1 (note, email): relation room not loaded: public.rooms cannot"
+                                           " be read by id:")
+        else:
+            assert (run["status"], run["error"]) == ("running", None)
+            assert run["context"]["patient"]["email"] == "ann@example.com"
+    pending = await conn.fetch("SELECT s.id FROM herald.steps s JOIN herald.runs r ON r.id = s.run_id"
+                               " WHERE s.status = 'pending' AND r.status = 'running' ORDER BY s.id")
+    assert first_steps == {"email": [p["id"] for p in pending]} and len(pending) == 2
+
+
 async def test_a_watched_related_tables_own_tenant_column_decides(
     conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
 ) -> None:
