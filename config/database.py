@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from typing import Any
 
@@ -233,13 +233,14 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             if pending and who["reads_record"]:
                 await _check_may_migrate(conn, who)
             for version, name, sql in pending:
-                async with conn.transaction():
-                    await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO herald.schema_migrations (version, name) VALUES ($1, $2)",
-                        version,
-                        name,
-                    )
+                with _notes_of(conn, name):
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO herald.schema_migrations (version, name) VALUES ($1, $2)",
+                            version,
+                            name,
+                        )
                 log.info("migration applied", migration=name)
                 applied_now.append(name)
             name = None
@@ -249,6 +250,27 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         where = f"migration {name}" if name else "migration"
         raise HeraldDatabaseError(f"{where} failed: {exc}") from exc
     return applied_now
+
+
+# A migration says what it could not do, and what to run about it, in a NOTICE
+# beginning with this (config/migrations/019_capture_per_statement.sql).
+HERALD_NOTICE = "herald: "
+
+
+@contextlib.contextmanager
+def _notes_of(conn: asyncpg.Connection, migration: str) -> Iterator[None]:
+    """Log, as warnings, the notices of Herald's own that a migration raises while it
+    runs (PostgreSQL's, such as "already exists, skipping", are not for the user)."""
+    def note(_conn: Any, message: Any) -> None:
+        text = str(getattr(message, "message", message))
+        if text.startswith(HERALD_NOTICE):
+            log.warning("migration note", migration=migration, note=text.removeprefix(HERALD_NOTICE))
+
+    conn.add_log_listener(note)
+    try:
+        yield
+    finally:
+        conn.remove_log_listener(note)
 
 
 def quote_ident(name: str) -> str:

@@ -211,8 +211,9 @@ LEFT JOIN pg_trigger t ON t.tgrelid = rel.oid AND t.tgname = ANY ($1::text[])
 ORDER BY w.table_name, t.tgname
 """
 
-# The writes a trigger fires on: pg_trigger.tgtype's bits.
+# The writes a trigger fires on: pg_trigger.tgtype's bits; and its per-row bit.
 WRITES = {"inserts": 4, "deletes": 8, "updates": 16}
+ROW = 1
 # What `herald watch` installs (daemon/capture.py) and the writes each captures:
 # per statement, or per row on a partitioned table.
 EXPECTED = {"herald_capture": 4, "herald_capture_update": 16, "herald_capture_delete": 8}
@@ -295,6 +296,13 @@ async def trigger_findings(conn: asyncpg.Connection) -> list[Finding]:
             if name not in triggers and bits & ~covered:
                 findings.append(fail(check, f"{table} has no {name} trigger: its {_writes(bits & ~covered)} are"
                                      " not captured", rewatch.format(table=table)))
+        per_row = [name for name, trigger in triggers.items() if trigger.type & ROW and trigger.herald]
+        if kind != "p" and per_row and not findings:
+            # Watched before migration 019, which could not move it: every write is
+            # captured, each row by a trigger call of its own.
+            findings.append(warn(check, f"{table} is captured per row ({', '.join(per_row)}): correct, but its"
+                                 " bulk writes cost several times what capture per statement costs",
+                                 rewatch.format(table=table)))
     if not findings:
         findings.append(ok(check, f"installed and enabled on {_count(len(tables), 'watched table')}"))
     return findings

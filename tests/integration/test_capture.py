@@ -6,8 +6,9 @@ import asyncio
 
 import asyncpg
 import pytest
+import structlog
 
-from config.database import migrate, migration_files
+from config.database import connection, migrate, migration_files
 from config.errors import HeraldConfigError
 from daemon.capture import Relation, watch_table
 from daemon.demo import load_demo
@@ -170,10 +171,8 @@ async def test_upserts_capture_the_rows_inserted_and_the_rows_updated(conn: asyn
         ("item.updated", "2", "2", "20"), ("item.updated", "3", "3", "30")]
 
 
-async def test_migration_019_moves_tables_captured_per_row_to_per_statement(conn: asyncpg.Connection) -> None:
-    # Tables watched by a Herald before migration 019 have per-row triggers;
-    # applying it again here moves those left as `herald watch` made them, and
-    # leaves one whose owner disabled a trigger as it is.
+async def demo_captured_per_row(conn: asyncpg.Connection) -> None:
+    """The demo, with jobs and clients captured as a Herald before migration 019 did: per row."""
     await load_demo(conn)
     for table, entity in (("jobs", "job"), ("clients", "client")):
         args = f"'{entity}', 'id', 'organization_id', 'public.{table}'"
@@ -183,17 +182,51 @@ async def test_migration_019_moves_tables_captured_per_row_to_per_statement(conn
         await conn.execute(f"CREATE OR REPLACE TRIGGER herald_capture_update AFTER UPDATE ON {table}"
                            f" FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*)"
                            f" EXECUTE FUNCTION herald.capture_change({args})")
+
+
+async def per_row_triggers(conn: asyncpg.Connection) -> dict[tuple[str, str], bool]:
+    """jobs' and clients' capture triggers: whether each fires per row."""
+    return {(r["table"], r["name"]): r["per_row"] for r in await conn.fetch(
+        "SELECT tgrelid::regclass::text AS table, tgname AS name, (tgtype & 1) = 1 AS per_row FROM pg_trigger"
+        " WHERE tgname LIKE 'herald_capture%' AND tgrelid IN ('jobs'::regclass, 'clients'::regclass)")}
+
+
+async def test_migration_019_moves_tables_captured_per_row_to_per_statement(conn: asyncpg.Connection) -> None:
+    # Tables watched by a Herald before migration 019 have per-row triggers;
+    # applying it again here moves those left as `herald watch` made them, and
+    # leaves one whose owner disabled a trigger as it is.
+    await demo_captured_per_row(conn)
     await conn.execute("ALTER TABLE clients DISABLE TRIGGER herald_capture_update")
     sql = next(sql for _version, name, sql in migration_files() if name == "019_capture_per_statement.sql")
     async with conn.transaction():
         await conn.execute(sql)
-    triggers = {(r["table"], r["name"]): r["per_row"] for r in await conn.fetch(
-        "SELECT tgrelid::regclass::text AS table, tgname AS name, (tgtype & 1) = 1 AS per_row FROM pg_trigger"
-        " WHERE tgname LIKE 'herald_capture%' AND tgrelid IN ('jobs'::regclass, 'clients'::regclass)")}
-    assert triggers == {("jobs", "herald_capture"): False, ("jobs", "herald_capture_update"): False,
-                        ("jobs", "herald_capture_delete"): False,
-                        ("clients", "herald_capture"): True, ("clients", "herald_capture_update"): True}
+    assert await per_row_triggers(conn) == {
+        ("jobs", "herald_capture"): False, ("jobs", "herald_capture_update"): False,
+        ("jobs", "herald_capture_delete"): False,
+        ("clients", "herald_capture"): True, ("clients", "herald_capture_update"): True}
     await conn.execute("UPDATE jobs SET status = 'completed' WHERE id IN (1, 2)")
     await conn.execute("DELETE FROM jobs WHERE id = 3")
     events = await conn.fetch("SELECT type, row_id FROM herald.events ORDER BY id")
     assert sorted(tuple(e) for e in events) == [("job.deleted", "3"), ("job.updated", "1"), ("job.updated", "2")]
+
+
+async def test_migrate_says_which_table_it_left_captured_per_row(conn: asyncpg.Connection, db_url: str) -> None:
+    # The application holds a lock on clients for longer than migration 019 waits
+    # (5 s): clients keeps its per-row capture, the others move, and `herald
+    # migrate` says so, with what to run.
+    await demo_captured_per_row(conn)
+    version = next(v for v, name, _sql in migration_files() if name == "019_capture_per_statement.sql")
+    await conn.execute("DELETE FROM herald.schema_migrations WHERE version = $1", version)
+    async with connection(db_url) as app:
+        async with app.transaction():
+            await app.execute("LOCK TABLE clients IN ACCESS EXCLUSIVE MODE")
+            with structlog.testing.capture_logs() as logs:
+                assert await migrate(conn) == ["019_capture_per_statement.sql"]
+    notes = [line for line in logs if line["event"] == "migration note"]
+    assert [(n["log_level"], n["migration"]) for n in notes] == [("warning", "019_capture_per_statement.sql")]
+    assert notes[0]["note"] == ("public.clients keeps capturing per row (canceling statement due to lock timeout):"
+                                " run `herald watch public.clients` again to move it")
+    assert await per_row_triggers(conn) == {
+        ("jobs", "herald_capture"): False, ("jobs", "herald_capture_update"): False,
+        ("jobs", "herald_capture_delete"): False,
+        ("clients", "herald_capture"): True, ("clients", "herald_capture_update"): True}

@@ -281,10 +281,10 @@ async def test_a_missing_trigger_or_table_fails(demo: asyncpg.Connection, capsys
                       "public.notes_gone is watched but no longer exists: nothing captures its changes"}
 
 
-async def test_capture_per_row_as_before_migration_019_is_healthy(demo: asyncpg.Connection, capsys: Any) -> None:
+async def test_capture_per_row_as_before_migration_019_warns(demo: asyncpg.Connection, capsys: Any) -> None:
     # A table a Herald before capture per statement watched, that migration 019
     # could not move (its role lacked the right then): per-row triggers capture
-    # every write, so doctor has nothing to say; disabling one still fails.
+    # every write, so doctor only warns that it costs more; disabling one fails.
     await demo.execute("DROP TRIGGER herald_capture_delete ON jobs")
     args = "'job', 'id', 'organization_id', 'public.jobs'"
     await demo.execute(f"CREATE OR REPLACE TRIGGER herald_capture AFTER INSERT OR DELETE ON jobs"
@@ -292,7 +292,11 @@ async def test_capture_per_row_as_before_migration_019_is_healthy(demo: asyncpg.
     await demo.execute(f"CREATE OR REPLACE TRIGGER herald_capture_update AFTER UPDATE ON jobs"
                        f" FOR EACH ROW EXECUTE FUNCTION herald.capture_change({args})")
     code, out, _ = await herald(capsys, "doctor", "--json")
-    assert [f for f in findings(out) if f["check"] == "capture triggers"][0]["level"] == "ok"
+    [warned] = [f for f in findings(out) if f["check"] == "capture triggers"]
+    assert (code, warned["level"]) == (1, "warn")
+    assert warned["reason"] == ("public.jobs is captured per row (herald_capture, herald_capture_update): correct,"
+                                " but its bulk writes cost several times what capture per statement costs")
+    assert warned["hint"] == "run `herald watch public.jobs` again, with the options it was watched with"
     await demo.execute("ALTER TABLE jobs DISABLE TRIGGER herald_capture")
     code, out, _ = await herald(capsys, "doctor", "--json")
     failed = {f["reason"] for f in findings(out) if f["level"] == "fail"}
