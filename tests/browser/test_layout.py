@@ -3,6 +3,7 @@ page, the keyboard path through the header, and the CSP watch itself."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,8 @@ async def test_the_keyboard_reaches_skip_link_first_then_the_nav(
     await page.goto("/runs")
     await page.keyboard.press("Tab")
     await page.keyboard.press("Enter")
-    assert page.url.endswith("#main")
+    # The fragment navigation completes after the key press returns: wait for it.
+    await expect(page).to_have_url(re.compile(r"#main$"))
     await expect(page.locator("main#main")).to_be_in_viewport()
 
 
