@@ -10,8 +10,9 @@ on the same record whose ``cancel_on`` names a trigger it fires.
 One event cannot take its batch down: the batch is matched at once and, if
 that fails, again with each event in a savepoint of its own; an event that
 still fails on its own is marked *failed* with the error (final: nobody sends
-it again), and the others are matched. Only a lost database connection or a transient database
-error (deadlock, serialisation, shutdown) fails the whole message, to be retried.
+it again), and the others are matched. Only a lost database connection or a
+transient database error (deadlock, serialisation, shutdown) fails the whole
+message, to be retried.
 """
 
 from __future__ import annotations

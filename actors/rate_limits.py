@@ -46,7 +46,7 @@ async def admit(conn: asyncpg.Connection, limit: RateLimit, tenant: str, channel
     """Inside the transaction that just recorded message ``message_id``: raise
     RateLimitedError (which rolls the record back) when this recipient has had
     ``per_recipient`` other messages on this channel within the window."""
-    if limit.per_recipient == 0:
+    if limit.off:
         return
     await conn.execute(LOCK, f"{tenant}:{channel}:{recipient}")
     recent = await conn.fetch(RECENT, tenant, channel, recipient, limit.window.total_seconds(),

@@ -25,9 +25,10 @@ _TYPE_NAME = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9, ]+\))?")
 # a notification delivered at commit, on the channel the capture trigger wakes it
 # on, once per transaction however many events it claimed (PostgreSQL folds
 # identical ones), and none when it claimed nothing.
-CLAIM_EVENTS = """
+MATCHED_PAYLOAD = "matched"
+CLAIM_EVENTS = f"""
 SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id,
-       origin_run_id, pg_notify('herald_events', 'matched')::text AS notified
+       origin_run_id, pg_notify('herald_events', '{MATCHED_PAYLOAD}')::text AS notified
 FROM herald.events
 WHERE id = ANY($1::bigint[]) AND state IN ('pending', 'dispatched')
 ORDER BY id

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
+from actors.store import MATCHED_PAYLOAD
 from daemon import outbox
 from daemon.loops import BROKER_ERRORS, OUTAGES
 from daemon.metrics import EVENTS_DISPATCHED
@@ -31,9 +32,6 @@ from daemon.progress import loop_passed, loop_started
 log = structlog.get_logger(__name__)
 
 Send = Callable[[list[int]], object]
-
-# The match actor's notification payload (actors/store.py, CLAIM_EVENTS).
-MATCHED = "matched"
 
 # A message unmatched this long stops holding the outbox back.
 HOLD_LIMIT_S = 1.0
@@ -67,14 +65,11 @@ class Dispatcher:
         self.holding = False  # events may be waiting behind unmatched messages
         self._wake = asyncio.Event()
 
-    def wake(self) -> None:
-        self._wake.set()
-
     def notified(self, payload: str) -> None:
         """A notification on the outbox channel: new events (the capture trigger's),
         or match messages matched (the match actor's, ``matched``), which matters
         only while events are held back behind them."""
-        if payload != MATCHED or self.holding:
+        if payload != MATCHED_PAYLOAD or self.holding:
             self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:

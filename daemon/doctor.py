@@ -34,7 +34,6 @@ from daemon.capture import CAPTURE_TRIGGERS
 
 Level = Literal["ok", "warn", "fail", "skip"]
 
-# Herald's capture triggers on each watched table (daemon.capture.watch_table).
 # Delays, rate-limit waits, Retry-After times, time triggers and webhook signatures mix this
 # machine's clock with PostgreSQL's: past these, the difference shows.
 CLOCK_SKEW_WARN_S = 2.0
@@ -212,19 +211,20 @@ ORDER BY w.table_name, t.tgname
 """
 
 # The writes a trigger fires on: pg_trigger.tgtype's bits; and its per-row bit.
-WRITES = {"inserts": 4, "deletes": 8, "updates": 16}
+INSERTS, DELETES, UPDATES = 4, 8, 16
+WRITES = {"inserts": INSERTS, "deletes": DELETES, "updates": UPDATES}
 ROW = 1
 # What `herald watch` installs (daemon/capture.py) and the writes each captures:
 # per statement, or per row on a partitioned table.
-EXPECTED = {"herald_capture": 4, "herald_capture_update": 16, "herald_capture_delete": 8}
-EXPECTED_PARTITIONED = {"herald_capture": 4 | 8, "herald_capture_update": 16}
+EXPECTED = {"herald_capture": INSERTS, "herald_capture_update": UPDATES, "herald_capture_delete": DELETES}
+EXPECTED_PARTITIONED = {"herald_capture": INSERTS | DELETES, "herald_capture_update": UPDATES}
 
 
 def _writes(bits: int) -> str:
     return " and ".join(name for name, bit in WRITES.items() if bits & bit)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Trigger:
     type: int
     enabled: str
@@ -270,6 +270,7 @@ async def trigger_findings(conn: asyncpg.Connection) -> list[Finding]:
     findings = []
     rewatch = "run `herald watch {table}` again, with the options it was watched with"
     for table, (present, kind, triggers) in tables.items():
+        found_before = len(findings)
         if not present:
             literal = table.replace("'", "''")
             findings.append(fail(
@@ -297,7 +298,7 @@ async def trigger_findings(conn: asyncpg.Connection) -> list[Finding]:
                 findings.append(fail(check, f"{table} has no {name} trigger: its {_writes(bits & ~covered)} are"
                                      " not captured", rewatch.format(table=table)))
         per_row = [name for name, trigger in triggers.items() if trigger.type & ROW and trigger.herald]
-        if kind != "p" and per_row and not findings:
+        if kind != "p" and per_row and len(findings) == found_before:
             # Watched before migration 019, which could not move it: every write is
             # captured, each row by a trigger call of its own.
             findings.append(warn(check, f"{table} is captured per row ({', '.join(per_row)}): correct, but its"

@@ -60,7 +60,7 @@ async def reset_rate_limit(conn: asyncpg.Connection, tenant_id: str) -> bool:
 
 def describe_limit(limit: RateLimit) -> str:
     """``at most 5 messages per channel per recipient per 1:00:00, then wait``; ``no limit``."""
-    if limit.per_recipient == 0:
+    if limit.off:
         return "no limit on messages per recipient"
     noun = "message" if limit.per_recipient == 1 else "messages"
     return (f"at most {limit.per_recipient} {noun} per channel per recipient per {_window(limit.window)},"

@@ -66,7 +66,7 @@ async def deliver(
         insert = (INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel, provider_name,
                   message.idempotency_key, message.recipient, message.subject, message.body, message.html_body,
                   idempotent)
-        if limit is None or limit.per_recipient == 0:
+        if limit is None or limit.off:
             message_id = await conn.fetchval(*insert)  # None: a row with this key exists
         else:
             async with conn.transaction():

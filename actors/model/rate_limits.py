@@ -34,6 +34,10 @@ class RateLimit:
     window: dt.timedelta
     skip: bool = False
 
+    @property
+    def off(self) -> bool:
+        return self.per_recipient == 0
+
     def override(self, raw: Any, field: str = "rate_limit") -> RateLimit:
         """This limit with a workflow's (or a tenant's) ``rate_limit`` settings applied.
 
