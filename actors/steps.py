@@ -55,8 +55,10 @@ LEFT JOIN herald.watched_tables wt ON wt.table_name = e.table_name
 LEFT JOIN herald.tenant_settings ts ON ts.tenant_id = r.tenant_id
 WHERE s.id = ANY($1::bigint[]) AND s.action = ANY($2::text[])
   AND r.id = s.run_id AND r.status = 'running'
-  AND ((s.status = 'pending' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= clock_timestamp()))
-       OR (s.status = 'waiting' AND s.wake_at <= clock_timestamp()))
+  -- CASE keeps the planner off the partial indexes of unfinished steps (see actors/store.py CLAIM_RUNS)
+  AND CASE s.status WHEN 'pending' THEN s.next_attempt_at IS NULL OR s.next_attempt_at <= clock_timestamp()
+                    WHEN 'waiting' THEN s.wake_at <= clock_timestamp()
+                    ELSE false END
 RETURNING s.id, s.run_id, s.tenant_id, s.position, s.step_key, s.action, s.config, s.attempts,
           s.wake_at, r.context, r.workflow_id, r.event_id, w.definition -> 'retry' AS retry,
           w.definition -> 'rate_limit' AS rate_limit, ts.rate_limit AS tenant_rate_limit,

@@ -26,9 +26,11 @@ FROM next WHERE e.id = next.id
 RETURNING e.id
 """
 
-# Which of these events, sent to the match actor, it has not yet matched.
+# Which of these events, sent to the match actor, it has not yet matched (by the
+# primary key: CASE keeps the planner off events_dispatched, see actors/store.py CLAIM_RUNS).
 STILL_DISPATCHED = """
-SELECT coalesce(array_agg(id), '{}') FROM herald.events WHERE id = ANY($1::bigint[]) AND state = 'dispatched'
+SELECT coalesce(array_agg(id), '{}') FROM herald.events
+WHERE id = ANY($1::bigint[]) AND CASE state WHEN 'dispatched' THEN true ELSE false END
 """
 
 # The message could not be sent: leave the events for the next attempt.
