@@ -12,7 +12,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 # Health: events not yet matched. Two arms so that each uses its partial index
-# (events_pending, events_dispatched) instead of scanning every matched event.
+# (events_pending_tenant, events_dispatched) instead of scanning every matched event.
 # Events whose matching failed (state 'failed', final, the error in their
 # match_report) are not waiting for anything, so they are not backlog.
 OUTBOX_BACKLOG = """

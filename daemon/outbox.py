@@ -7,13 +7,35 @@ from actors.liveness import NOT_LIVE
 # Claim pending events, taking turns between tenants (each tenant's oldest first),
 # so one tenant's burst does not hold back the others. SKIP LOCKED lets several
 # daemons share the outbox.
+#
+# Its cost follows the batch ($1) and the tenants waiting, not the backlog: the
+# tenants with pending events are found one index probe each (events_pending_tenant,
+# migration 020), and each offers only its oldest $1 events, fewer when many
+# tenants wait (about 2,000 ranked in all), which still fills the batch in turns.
 CLAIM_PENDING = """
-WITH next AS (
+WITH RECURSIVE tenants AS (
+    (SELECT tenant_id FROM herald.events WHERE state = 'pending' ORDER BY tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.tenant_id FROM herald.events e
+            WHERE e.state = 'pending' AND e.tenant_id > t.tenant_id
+            ORDER BY e.tenant_id LIMIT 1)
+    FROM tenants t WHERE t.tenant_id IS NOT NULL
+),
+waiting AS (SELECT tenant_id FROM tenants WHERE tenant_id IS NOT NULL),
+share AS (SELECT least($1::int, ceil(greatest($1::int, 2000)::numeric / greatest(count(*), 1))::int) AS n FROM waiting),
+offered AS (
+    SELECT o.id, o.tenant_id FROM waiting w CROSS JOIN share
+    CROSS JOIN LATERAL (
+        SELECT e.id, e.tenant_id FROM herald.events e
+        WHERE e.state = 'pending' AND e.tenant_id = w.tenant_id
+        ORDER BY e.id LIMIT share.n
+    ) o
+),
+next AS (
     SELECT id FROM herald.events
     WHERE id IN (
         SELECT id FROM (
-            SELECT id, row_number() OVER (PARTITION BY tenant_id ORDER BY id) AS turn
-            FROM herald.events WHERE state = 'pending'
+            SELECT id, row_number() OVER (PARTITION BY tenant_id ORDER BY id) AS turn FROM offered
         ) ranked
         ORDER BY turn, id
         LIMIT $1

@@ -6,19 +6,23 @@ daemon would put on the queue.
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 import pytest
 import redis
 
+from daemon import outbox
 from daemon.dispatcher import Dispatcher
 from daemon.sweeper import Sweeper
 from tests.conftest import a_run
 
 
-async def make_events(conn: asyncpg.Connection, count: int) -> list[int]:
+async def make_events(conn: asyncpg.Connection, count: int, tenant: str = "'1'") -> list[int]:
+    """``count`` pending events; ``tenant``: the tenant of the g-th (1..count), in SQL."""
     await conn.execute(
         "INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, new)"
-        " SELECT '1', 'job', 'public.jobs', g::text, 'INSERT', 'job.created', '{}'::jsonb"
+        f" SELECT {tenant}, 'job', 'public.jobs', g::text, 'INSERT', 'job.created', '{{}}'::jsonb"
         " FROM generate_series(1, $1) g", count)
     return [r["id"] for r in await conn.fetch("SELECT id FROM herald.events ORDER BY id")]
 
@@ -184,13 +188,53 @@ async def test_sweeper_resends_a_pending_step_nobody_started(conn: asyncpg.Conne
 
 
 async def test_tenants_take_turns_when_one_bursts(conn: asyncpg.Connection, pool: asyncpg.Pool) -> None:
-    await conn.execute(
-        "INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, new)"
-        " SELECT CASE WHEN g <= 300 THEN 'busy' ELSE 'quiet' END, 'job', 'public.jobs', g::text, 'INSERT',"
-        " 'job.created', '{}'::jsonb FROM generate_series(1, 303) g")
+    await make_events(conn, 303, tenant="CASE WHEN g <= 300 THEN 'busy' ELSE 'quiet' END")
     sent: list[list[int]] = []
     await Dispatcher(pool, sent.append, batch_size=10, idle_s=1, max_in_flight=100).drain()
     first = await conn.fetch("SELECT tenant_id FROM herald.events WHERE id = ANY($1)", sent[0])
     # The quiet tenant's three events go out in the first batch, not after the busy one's 300.
     assert sorted(r["tenant_id"] for r in first).count("quiet") == 3
     assert sum(len(batch) for batch in sent) == 303
+
+
+async def test_many_tenants_waiting_fill_each_batch_in_turns(conn: asyncpg.Connection, pool: asyncpg.Pool) -> None:
+    # 300 tenants with two events each, and one with 500: more tenants than a
+    # batch holds, so each offers only its oldest few.
+    await make_events(conn, 1100, tenant="CASE WHEN g <= 500 THEN 'busy' ELSE 't' || (g % 300) END")
+    sent: list[list[int]] = []
+    await Dispatcher(pool, sent.append, batch_size=200, idle_s=1, max_in_flight=100).drain()
+    assert sorted(i for batch in sent for i in batch) == [
+        r["id"] for r in await conn.fetch("SELECT id FROM herald.events ORDER BY id")]
+    assert all(len(batch) == 200 for batch in sent[:-1])
+    tenant_of = {r["id"]: r["tenant_id"] for r in await conn.fetch("SELECT id, tenant_id FROM herald.events")}
+    # The first batch is 200 tenants' oldest events, one each: the busy tenant's 500 wait their turns.
+    assert len({tenant_of[i] for i in sent[0]}) == 200
+    assert [tenant_of[i] for i in sent[0]].count("busy") == 1
+    # Every small tenant's first event goes out before any one's second.
+    order = {i: n for n, i in enumerate(i for batch in sent for i in batch)}
+    small = sorted((i for i in order if tenant_of[i] != "busy"))
+    firsts = {min(i for i in small if tenant_of[i] == t) for t in {tenant_of[i] for i in small}}
+    assert max(order[i] for i in firsts) < min(order[i] for i in small if i not in firsts)
+
+
+async def test_a_claim_reads_what_its_batch_needs_not_the_backlog(conn: asyncpg.Connection) -> None:
+    # A bulk UPDATE of a watched table leaves a long backlog: claiming from it
+    # must not rank every pending event each time (draining would cost its square).
+    async def backlog(count: int) -> None:
+        await make_events(conn, count, tenant="CASE WHEN g % 100 = 0 THEN 'other' ELSE 'bulk' END")
+        await conn.execute("ANALYZE herald.events")
+
+    async def pages_read_by_a_claim() -> int:
+        plan = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {outbox.CLAIM_PENDING}", 10)
+        top = (plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]
+        assert top["Actual Rows"] == 10
+        return top["Shared Hit Blocks"] + top["Shared Read Blocks"]
+
+    await backlog(2_000)
+    await pages_read_by_a_claim()  # the first claim after the load sets hint bits: not counted
+    small = await pages_read_by_a_claim()
+    await backlog(30_000)
+    await pages_read_by_a_claim()
+    large = await pages_read_by_a_claim()
+    # Ranking the whole backlog read its index and heap: some 800 more pages for 30,000 more events.
+    assert large - small < 50, (small, large)
