@@ -20,7 +20,20 @@ from actors.model.rate_limits import MAX_PER_RECIPIENT, RateLimit
 from config.errors import HeraldConfigError, RateLimitedError
 from config.settings import VARIABLES, parse_recipient_limit
 
-LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+
+def lock(key_parameter: str) -> str:
+    """The statement that takes a recipient's lock, its key (lock_key) the query's
+    ``key_parameter`` ("$12"). Whoever counts a recipient's recent messages holds
+    it from before its own message is written to its commit (delivery.py
+    INSERT_MESSAGE_LOCKED), so two messages to one recipient are counted one
+    after the other; the count is a statement of its own, after the lock is held,
+    so it sees every message committed by whoever held the lock before."""
+    return f"SELECT pg_advisory_xact_lock(hashtextextended({key_parameter}::text, 0))"
+
+
+def lock_key(tenant: str, channel: str, recipient: str) -> str:
+    return f"{tenant}:{channel}:{recipient}"
+
 
 RECENT = """
 SELECT created_at FROM herald.messages
@@ -43,12 +56,12 @@ def default_rate_limit(text: str) -> RateLimit:
 
 async def admit(conn: asyncpg.Connection, limit: RateLimit, tenant: str, channel: str, recipient: str,
                 message_id: int) -> None:
-    """Inside the transaction that just recorded message ``message_id``: raise
-    RateLimitedError (which rolls the record back) when this recipient has had
-    ``per_recipient`` other messages on this channel within the window."""
+    """Inside the transaction that just recorded message ``message_id``, holding the
+    recipient's lock (:func:`lock`): raise RateLimitedError (which rolls the record back)
+    when this recipient has had ``per_recipient`` other messages on this channel
+    within the window."""
     if limit.off:
         return
-    await conn.execute(LOCK, f"{tenant}:{channel}:{recipient}")
     recent = await conn.fetch(RECENT, tenant, channel, recipient, limit.window.total_seconds(),
                               limit.per_recipient, message_id)
     if len(recent) < limit.per_recipient:

@@ -16,17 +16,22 @@ from actors.actions.base import Done, StepRun
 from actors.metrics import metered
 from actors.model.rate_limits import RateLimit
 from actors.providers import OutboundMessage, ProviderResult
-from actors.rate_limits import admit
+from actors.rate_limits import admit, lock, lock_key
 from config.errors import DeliveryUnknownError, StepError
 
-INSERT_MESSAGE = """
+_INSERT_MESSAGE = """
 INSERT INTO herald.messages
     (tenant_id, run_id, step_id, channel, provider, idempotency_key, recipient, subject, body,
      html_body, status, resend_safe)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'sending', $11)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'sending', $11{recipient_lock}
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id
 """
+INSERT_MESSAGE = _INSERT_MESSAGE.format(recipient_lock="")
+# Under a recipient limit: the statement that writes the row takes the
+# recipient's lock first ($12: rate_limits.lock_key), a round trip fewer than a
+# statement of its own; the count (rate_limits.admit) follows.
+INSERT_MESSAGE_LOCKED = _INSERT_MESSAGE.format(recipient_lock=f" FROM ({lock('$12')}) AS recipient_lock")
 
 # Only a row left by a transient failure (or, where the provider deduplicates
 # by the key, by an attempt of unknown outcome) may be sent again. The row
@@ -70,7 +75,9 @@ async def deliver(
             message_id = await conn.fetchval(*insert)  # None: a row with this key exists
         else:
             async with conn.transaction():
-                message_id = await conn.fetchval(*insert)
+                message_id = await conn.fetchval(
+                    INSERT_MESSAGE_LOCKED, *insert[1:],
+                    lock_key(step["tenant_id"], message.channel, message.recipient))
                 # A new message counts against the recipient's limit (over it, the insert is
                 # rolled back); a resend of one does not.
                 if message_id is not None:
