@@ -68,16 +68,15 @@ async def deliver(
         return preview(message)
     step = run.step
     async with run.pool.acquire() as conn:
-        insert = (INSERT_MESSAGE, step["tenant_id"], step["run_id"], step["id"], message.channel, provider_name,
-                  message.idempotency_key, message.recipient, message.subject, message.body, message.html_body,
-                  idempotent)
+        row = (step["tenant_id"], step["run_id"], step["id"], message.channel, provider_name,
+               message.idempotency_key, message.recipient, message.subject, message.body, message.html_body,
+               idempotent)
         if limit is None or limit.off:
-            message_id = await conn.fetchval(*insert)  # None: a row with this key exists
+            message_id = await conn.fetchval(INSERT_MESSAGE, *row)  # None: a row with this key exists
         else:
             async with conn.transaction():
                 message_id = await conn.fetchval(
-                    INSERT_MESSAGE_LOCKED, *insert[1:],
-                    lock_key(step["tenant_id"], message.channel, message.recipient))
+                    INSERT_MESSAGE_LOCKED, *row, lock_key(step["tenant_id"], message.channel, message.recipient))
                 # A new message counts against the recipient's limit (over it, the insert is
                 # rolled back); a resend of one does not.
                 if message_id is not None:
