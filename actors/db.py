@@ -9,7 +9,7 @@ from config.database import create_pool
 from config.settings import current
 
 _pool: PerProcess[asyncpg.Pool] = PerProcess(
-    lambda: create_pool(current().database_url, min_size=1, max_size=10))
+    lambda: create_pool(current().database_url, min_size=1, max_size=10, generic_plans=True))
 
 
 async def get_pool() -> asyncpg.Pool:

@@ -54,8 +54,9 @@ JOIN herald.workflows w ON w.id = r.workflow_id
 LEFT JOIN herald.watched_tables wt ON wt.table_name = e.table_name
 LEFT JOIN herald.tenant_settings ts ON ts.tenant_id = r.tenant_id
 WHERE s.id = ANY($1::bigint[]) AND s.action = ANY($2::text[])
-  AND r.id = s.run_id AND r.status = 'running'
-  -- CASE keeps the planner off the partial indexes of unfinished steps (see actors/store.py CLAIM_RUNS)
+  -- CASE keeps the planner off the partial indexes of unfinished runs and steps (see
+  -- actors/store.py CLAIM_RUNS): the claim starts from the steps named, by primary key
+  AND r.id = s.run_id AND CASE r.status WHEN 'running' THEN true ELSE false END
   AND CASE s.status WHEN 'pending' THEN s.next_attempt_at IS NULL OR s.next_attempt_at <= clock_timestamp()
                     WHEN 'waiting' THEN s.wake_at <= clock_timestamp()
                     ELSE false END

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 import pytest
 
 from actors.steps import CLAIM_STEPS
+from config.database import create_pool
 from tests.conftest import a_run
 
 
@@ -41,3 +44,36 @@ async def test_a_step_waiting_for_its_retry_is_not_claimed_early(conn: asyncpg.C
     step_id = await make_step(conn, "running", retry_in_s=60)
     assert await conn.fetchrow(CLAIM_STEPS, [step_id], ["sms"], "host:1:abc") is None
     assert await conn.fetchrow(CLAIM_STEPS, [step_id], ["email"], "host:1:abc") is None
+
+
+async def test_a_claim_reads_the_steps_it_names_not_every_unfinished_run(db_url: str) -> None:
+    # The worker plans its statements once per connection (generic plans, config.database).
+    # A plan that reached the step through the partial index of unfinished runs would read
+    # every entry of it, and between vacuums its statistics say it is nearly empty.
+    pool = await create_pool(db_url, min_size=1, max_size=1, generic_plans=True)
+    try:
+        async with pool.acquire() as conn:
+            step_id = await make_step(conn, "running")
+            await conn.execute("ALTER TABLE herald.runs SET (autovacuum_enabled = false)")
+            await conn.execute(
+                "WITH events AS ("
+                "  INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, new, state)"
+                "  SELECT e.tenant_id, e.entity, e.table_name, e.row_id, e.operation, e.type, e.new, 'matched'"
+                "  FROM (SELECT * FROM herald.events LIMIT 1) e, generate_series(1, 3000) RETURNING id)"
+                " INSERT INTO herald.runs (tenant_id, workflow_id, event_id, status, context)"
+                " SELECT '1', (SELECT workflow_id FROM herald.runs LIMIT 1), id, 'completed', '{}' FROM events")
+            await conn.execute(
+                "INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, queue, config, status)"
+                " SELECT r.id, '1', p, 'step-' || p, 'sms', 'sms', '{}', 'sent'"
+                " FROM herald.runs r, generate_series(0, 1) AS p WHERE r.status = 'completed'")
+            await conn.execute("ANALYZE herald.runs, herald.steps")  # statistics from before they started
+            await conn.execute("UPDATE herald.runs SET status = 'running' WHERE status = 'completed'")
+            await conn.execute(f"PREPARE claim AS {CLAIM_STEPS}")
+            plan = await conn.fetchval(
+                f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim('{{{step_id}}}', '{{sms}}', 'host:1:abc')")
+            top = (plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]
+            assert top["Actual Rows"] == 1
+            # By primary keys: a few dozen pages; through runs_unfinished, thousands.
+            assert top["Shared Hit Blocks"] + top["Shared Read Blocks"] < 100, top
+    finally:
+        await pool.close()
