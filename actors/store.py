@@ -20,15 +20,16 @@ _TYPE_NAME = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9, ]+\))?")
 # events to the worker that holds them; if that worker dies, its transaction
 # rolls back and the sweeper sends them again.
 #
-# Claiming also tells the daemon's dispatcher that match messages were matched,
-# so that events it held back while they waited go out now (daemon/dispatcher.py):
-# a notification delivered at commit, on the channel the capture trigger wakes it
+# Claiming also tells the daemon's dispatcher which match message was matched
+# ("matched:" and the message's first id), so that it stops counting it as
+# waiting, and events it held back go out now (daemon/dispatcher.py): a
+# notification delivered at commit, on the channel the capture trigger wakes it
 # on, once per transaction however many events it claimed (PostgreSQL folds
 # identical ones), and none when it claimed nothing.
 MATCHED_PAYLOAD = "matched"
 CLAIM_EVENTS = f"""
 SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id,
-       origin_run_id, pg_notify('herald_events', '{MATCHED_PAYLOAD}')::text AS notified
+       origin_run_id, pg_notify('herald_events', '{MATCHED_PAYLOAD}:' || ($1::bigint[])[1])::text AS notified
 FROM herald.events
 WHERE id = ANY($1::bigint[]) AND state IN ('pending', 'dispatched')
 ORDER BY id

@@ -9,8 +9,11 @@ a message, a thread and a transaction per event, which would leave a worker
 that fell behind ever further behind. A message unmatched after
 ``hold_limit_s`` (lost, or behind a long queue) no longer holds the outbox
 back: holding adds at most that much latency. The match actor notifies on the
-channel the daemon listens on when it has matched a message, which wakes the
-dispatcher to send what it held.
+channel the daemon listens on when it has matched a message, naming the
+message by its first event: the dispatcher forgets it without asking
+PostgreSQL, and sends what it held. It asks (one query) only when
+``max_in_flight`` messages are still unmatched by their notifications, which
+can be late or, with a worker of an earlier version, name no message.
 """
 
 from __future__ import annotations
@@ -67,9 +70,16 @@ class Dispatcher:
 
     def notified(self, payload: str) -> None:
         """A notification on the outbox channel: new events (the capture trigger's),
-        or match messages matched (the match actor's, ``matched``), which matters
-        only while events are held back behind them."""
-        if payload != MATCHED_PAYLOAD or self.holding:
+        or a match message matched (the match actor's, ``matched:`` and the
+        message's first event id), which wakes the dispatcher only while events
+        are held back behind it."""
+        kind, _, first_id = payload.partition(":")
+        if kind != MATCHED_PAYLOAD:
+            self._wake.set()
+            return
+        if first_id.isdigit():
+            self.in_flight = [m for m in self.in_flight if m.ids[0] != int(first_id)]
+        if self.holding:
             self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -12,10 +12,11 @@ import asyncpg
 import pytest
 import redis
 
+from actors.store import CLAIM_EVENTS
 from daemon import outbox
 from daemon.dispatcher import Dispatcher
 from daemon.sweeper import Sweeper
-from tests.conftest import a_run
+from tests.conftest import a_run, wait_until
 
 
 async def make_events(conn: asyncpg.Connection, count: int, tenant: str = "'1'") -> list[int]:
@@ -84,6 +85,45 @@ async def test_events_wait_to_go_together_while_earlier_messages_are_unmatched(
     now[0] = 1.5
     assert await dispatcher.drain() == 1 and sent[-1] == [late]
     assert len(sent) == 4
+
+
+async def test_the_match_actors_notification_names_the_message_it_matched(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, db_url: str
+) -> None:
+    sent: list[list[int]] = []
+    dispatcher = Dispatcher(pool, sent.append, batch_size=200, idle_s=1, max_in_flight=2)
+    first = await add_event(conn)
+    assert await dispatcher.drain() == 1
+    second = await add_event(conn)
+    assert await dispatcher.drain() == 1
+    held = await add_event(conn)
+    assert await dispatcher.drain() == 0 and dispatcher.holding
+
+    # The match actor's claim, as the worker makes it, heard as the daemon hears it.
+    heard: list[str] = []
+    listener = await asyncpg.connect(db_url)
+    await listener.add_listener("herald_events", lambda *args: heard.append(args[-1]))
+    async with pool.acquire() as worker, worker.transaction():
+        assert len(await worker.fetch(CLAIM_EVENTS, [first])) == 1
+
+    async def notification() -> list[str]:
+        return heard
+
+    await wait_until(notification, timeout=5, message="the match actor's notification")
+    await listener.close()
+    assert heard == [f"matched:{first}"]
+
+    # The dispatcher forgets that message on the notification alone: the first
+    # event is still 'dispatched' in PostgreSQL, yet the held event goes out.
+    dispatcher.notified(heard[0])
+    assert dispatcher._wake.is_set()
+    assert [m.ids for m in dispatcher.in_flight] == [[second]]
+    assert await dispatcher.drain() == 1 and sent[-1] == [held]
+    # A notification naming no message it sent, or none at all (a worker of an
+    # earlier version), changes nothing it counts.
+    dispatcher.notified("matched:999999")
+    dispatcher.notified("matched")
+    assert [m.ids for m in dispatcher.in_flight] == [[second], [held]]
 
 
 async def test_events_go_back_to_pending_when_the_queue_is_down(
