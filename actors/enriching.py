@@ -80,7 +80,6 @@ async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps
     contexts = await build_contexts(conn, runs, unreadable, guarded=False)
     columns: list[list[Any]] = [[] for _ in range(9)]
     refusals: dict[int, str] = {}
-    await conn.executemany(store.SET_CONTEXT, [(run["id"], contexts[run["id"]].context) for run in runs])
     for run in runs:
         built = contexts[run["id"]]
         try:
@@ -104,7 +103,8 @@ async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps
                  SPECS[step.action].actor),
             ):
                 column.append(value)
-    for step in await conn.fetch(store.INSERT_STEPS, *columns):
+    for step in await conn.fetch(store.INSERT_STEPS, *columns, [run["id"] for run in runs],
+                                 [contexts[run["id"]].context for run in runs]):
         if step["position"] == 0 and step["status"] == "pending":
             first_steps[step["action"]].append(step["id"])
     for run_id, reason in refusals.items():
@@ -143,6 +143,9 @@ async def build_contexts(conn: asyncpg.Connection, runs: list[Any],
     """
     tables = sorted({run["table_name"] for run in runs})
     watched = {row["table_name"]: row for row in await conn.fetch(store.WATCHED_RELATIONS, tables)}
+    # Whose each related table's rows are, per (related table, event table's tenant column).
+    owners = {(table, row["tenant_column"]): column
+              for row in watched.values() for table, column in (row["owners"] or {}).items()}
 
     def relations_of(run: Any) -> dict[str, Any]:
         row = watched.get(run["table_name"])
@@ -164,11 +167,6 @@ async def build_contexts(conn: asyncpg.Connection, runs: list[Any],
             value = context[run["entity"]].get(relation["column"])
             if value is not None:
                 wanted[_target(relation)].add(str(value))
-
-    # Whose each related table's rows are, per tenant column name of the event tables.
-    pairs = sorted({(relation["table"], tenant_column_of(run))
-                    for run in runs for relation in relations_of(run).values()}, key=repr)
-    owners = await store.related_tenant_columns(conn, pairs) if pairs else {}
 
     loaded: dict[tuple[tuple[str, str, str], str | None], dict[str, tuple[dict[str, Any], str | None]]] = {}
     unreadable = {} if unreadable is None else unreadable

@@ -126,27 +126,34 @@ RETURNING r.id, r.tenant_id, r.workflow_id, r.event_id, r.workflow_version,
           e.entity, e.table_name, e.row_id, e.operation, e.type, e.old, e.new, e.tenant_id AS event_tenant
 """
 
+# The watched tables of these runs' events, their relations, and for each related
+# table the column that says which tenant its rows belong to (``owners``: related
+# table -> column, or null when it has none): the table's own tenant column when
+# Herald watches it, else a column named like the event table's tenant column.
+# Related tables are named as `herald watch` stores them (schema.table), quoted
+# here as config.database.quote_qualified quotes them, for to_regclass.
 WATCHED_RELATIONS = """
-SELECT table_name, relations, tenant_column FROM herald.watched_tables WHERE table_name = ANY($1::text[])
+SELECT w.table_name, w.relations, w.tenant_column,
+       (SELECT jsonb_object_agg(r.t, coalesce(
+                   (SELECT o.tenant_column FROM herald.watched_tables o WHERE o.table_name = r.t),
+                   (SELECT a.attname::text FROM pg_attribute a
+                    WHERE a.attrelid = to_regclass(r.q) AND a.attname = w.tenant_column
+                      AND a.attnum > 0 AND NOT a.attisdropped)))
+        FROM (SELECT DISTINCT q.t,
+                     '"' || replace(split_part(q.t, '.', 1), '"', '""') || '"."'
+                     || replace(CASE WHEN strpos(q.t, '.') > 0 THEN substr(q.t, strpos(q.t, '.') + 1) ELSE '' END,
+                                '"', '""') || '"' AS q
+              FROM (SELECT rel ->> 'table' AS t FROM jsonb_each(w.relations) AS e(name, rel)) AS q) AS r
+       ) AS owners
+FROM herald.watched_tables w WHERE w.table_name = ANY($1::text[])
 """
 
-# For each (related table, tenant column of the event's table): the column that
-# says which tenant the related table's rows belong to. The table's own tenant
-# column when Herald watches it, else a column named like the event table's,
-# else none (NULL). $1: names as `herald watch` stores them (schema.table);
-# $2: the same, quoted, for to_regclass.
-RELATED_TENANT_COLUMNS = """
-SELECT u.t AS table_name, u.c AS event_tenant_column, coalesce(
-    (SELECT w.tenant_column FROM herald.watched_tables w WHERE w.table_name = u.t),
-    (SELECT a.attname::text FROM pg_attribute a
-     WHERE a.attrelid = to_regclass(u.q) AND a.attname = u.c AND a.attnum > 0 AND NOT a.attisdropped)
-) AS tenant_column
-FROM unnest($1::text[], $2::text[], $3::text[]) AS u(t, q, c)
-"""
-
-SET_CONTEXT = "UPDATE herald.runs SET context = $2 WHERE id = $1"
-
+# The runs' contexts ($10, $11) and their steps, in one statement.
 INSERT_STEPS = """
+WITH contexts AS (
+    UPDATE herald.runs r SET context = u.context
+    FROM unnest($10::bigint[], $11::jsonb[]) AS u(id, context) WHERE r.id = u.id
+)
 INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, error, completed_at,
                           queue)
 SELECT r, t, p, k, a, c, s, x, CASE WHEN s <> 'pending' THEN clock_timestamp() END, q
@@ -163,16 +170,6 @@ SET status = 'failed', error = $2, completed_at = clock_timestamp(), updated_at 
     execution_time_ms = (extract(epoch FROM clock_timestamp() - created_at) * 1000)::int
 WHERE id = $1 AND status = 'running'
 """
-
-
-async def related_tenant_columns(
-    conn: asyncpg.Connection, pairs: Sequence[tuple[str, str | None]]
-) -> dict[tuple[str, str | None], str | None]:
-    """For each (related table, event table's tenant column): which column of the
-    related table names its rows' tenant (None: the table has none), in one query."""
-    rows = await conn.fetch(RELATED_TENANT_COLUMNS, [table for table, _ in pairs],
-                            [quote_qualified(table) for table, _ in pairs], [column for _, column in pairs])
-    return {(row["table_name"], row["event_tenant_column"]): row["tenant_column"] for row in rows}
 
 
 async def load_related(
