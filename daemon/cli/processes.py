@@ -204,10 +204,13 @@ def _without_password(url: str) -> tuple[str, dict[str, str]]:
 
 
 def cmd_daemon(settings: Settings, args: argparse.Namespace) -> int:
+    import uvloop
+
     from daemon.service import run_daemon
 
     require_herald_here(settings)
-    return asyncio.run(run_daemon(settings))
+    # libuv's event loop, as the worker's (actors/worker.py): less CPU per socket operation.
+    return uvloop.run(run_daemon(settings))
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
