@@ -45,7 +45,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> i
     progress = Progress(stall_s=settings.watchdog_s)
     setup_broker(settings)  # this process sends: match for new events, any actor for the sweeper
     _install_signal_handlers(stop)
-    pool = await create_pool(settings.database_url, min_size=2, max_size=5, generic_plans=True)
+    pool = await create_pool(settings.database_url, min_size=2, max_size=5)
     stop_metrics = metrics.serve(settings)
     status = 0
     try:

@@ -1,5 +1,5 @@
-"""The connection pools of the worker and the daemon: set up once per connection,
-so that no event pays for a connection's first use."""
+"""Herald's connection pools: set up once per connection, so that no event pays
+for a connection's first use."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from config.database import create_pool
 
 
 @pytest.mark.parametrize("generic_plans, mode", [(True, "force_generic_plan"), (False, "auto")])
-async def test_the_worker_and_daemon_pools_plan_each_statement_once(db_url: str, generic_plans: bool,
-                                                                    mode: str) -> None:
+async def test_the_workers_pool_plans_each_statement_once(db_url: str, generic_plans: bool, mode: str) -> None:
     pool = await create_pool(db_url, min_size=1, max_size=1, generic_plans=generic_plans)
     try:
         for _ in range(2):  # still so after the connection went back to the pool
