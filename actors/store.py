@@ -139,11 +139,11 @@ SELECT w.table_name, w.relations, w.tenant_column,
                    (SELECT a.attname::text FROM pg_attribute a
                     WHERE a.attrelid = to_regclass(r.q) AND a.attname = w.tenant_column
                       AND a.attnum > 0 AND NOT a.attisdropped)))
-        FROM (SELECT DISTINCT q.t,
-                     '"' || replace(split_part(q.t, '.', 1), '"', '""') || '"."'
-                     || replace(CASE WHEN strpos(q.t, '.') > 0 THEN substr(q.t, strpos(q.t, '.') + 1) ELSE '' END,
-                                '"', '""') || '"' AS q
-              FROM (SELECT rel ->> 'table' AS t FROM jsonb_each(w.relations) AS e(name, rel)) AS q) AS r
+        FROM (SELECT DISTINCT related.t,
+                     '"' || replace(split_part(related.t, '.', 1), '"', '""') || '"."'
+                     || replace(CASE WHEN strpos(related.t, '.') > 0 THEN substr(related.t, strpos(related.t, '.') + 1)
+                                     ELSE '' END, '"', '""') || '"' AS q
+              FROM (SELECT rel ->> 'table' AS t FROM jsonb_each(w.relations) AS e(name, rel)) AS related) AS r
        ) AS owners
 FROM herald.watched_tables w WHERE w.table_name = ANY($1::text[])
 """
