@@ -48,3 +48,24 @@ async def test_a_new_pooled_connection_knows_the_array_types_herald_uses(
         assert len(looked_up) == opened, looked_up
     finally:
         await pool.close()
+
+
+async def test_the_worker_process_pool_is_the_one_planning_once(
+    db_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's pool as actors.db builds it, on this test's database.
+    from actors import db
+    from config.settings import current
+
+    monkeypatch.setenv("HERALD_DATABASE_URL", db_url)
+    monkeypatch.setenv("HERALD_REDIS_URL", redis_url)
+    current.cache_clear()
+    try:
+        worker_pool = await db._pool._factory()
+    finally:
+        current.cache_clear()
+    try:
+        async with worker_pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    finally:
+        await worker_pool.close()
