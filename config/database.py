@@ -80,31 +80,27 @@ async def connect(dsn: str, **kwargs: Any) -> asyncpg.Connection:
 _ARRAY_TYPES = "SELECT NULL::bigint[], NULL::int[], NULL::uuid[], NULL::jsonb[]"
 
 
-async def _init_pooled(conn: asyncpg.Connection, *, generic_plans: bool) -> None:
-    await _init_connection(conn)
-    await conn.fetchrow(_ARRAY_TYPES)
-    if generic_plans:
-        # The worker's statements run thousands of times with the same shape,
-        # mostly with one id in their array: PostgreSQL would plan
-        # each run again (a custom plan is always cheaper for one id than a plan
-        # for any number), which cost more than executing them (about 2.5 ms of
-        # its CPU per event at 50 events/s, `pg_stat_statements`). Plans made once
-        # per connection serve every batch size because the statements reach rows
-        # by key (see CLAIM_RUNS in actors/store.py on partial indexes). Not the
-        # daemon's: its one statement per event plans in microseconds, and its
-        # retention and health queries take ranges, whose plans should see them.
-        # A session setting: poolers must pool sessions anyway (README,
-        # Connection budgets).
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-
-
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
                       generic_plans: bool = False) -> asyncpg.Pool:
     """A pool of connections set up as :func:`connect`'s; ``generic_plans``: for pools
     whose statements are Herald's own few, by key, run at a high rate (the worker's)."""
 
     async def init(conn: asyncpg.Connection) -> None:
-        await _init_pooled(conn, generic_plans=generic_plans)
+        await _init_connection(conn)
+        await conn.fetchrow(_ARRAY_TYPES)
+        if generic_plans:
+            # The worker's statements run thousands of times with the same shape,
+            # mostly with one id in their array: PostgreSQL would plan
+            # each run again (a custom plan is always cheaper for one id than a plan
+            # for any number), which cost more than executing them (about 2.5 ms of
+            # its CPU per event at 50 events/s, `pg_stat_statements`). Plans made once
+            # per connection serve every batch size because the statements reach rows
+            # by key (see CLAIM_RUNS in actors/store.py on partial indexes). Not the
+            # daemon's: its one statement per event plans in microseconds, and its
+            # retention and health queries take ranges, whose plans should see them.
+            # A session setting: poolers must pool sessions anyway (README,
+            # Connection budgets).
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
 
     try:
         pool = await asyncpg.create_pool(
