@@ -32,7 +32,7 @@ from jinja2 import meta
 
 from actors import store
 from actors.model.actions import SPECS
-from actors.model.workflow import StepSpec, event_context, parse_workflow
+from actors.model.workflow import StepSpec, event_context, parse_workflow, stages
 from config import log_context
 from config.errors import WorkflowValidationError
 
@@ -78,7 +78,7 @@ async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps
                           unreadable: dict[tuple[str, str, str], str]) -> None:
     """Store the claimed runs' contexts and steps (in the caller's transaction)."""
     contexts = await build_contexts(conn, runs, unreadable, guarded=False)
-    columns: list[list[Any]] = [[] for _ in range(9)]
+    columns: list[list[Any]] = [[] for _ in range(10)]
     refusals: dict[int, str] = {}
     for run in runs:
         built = contexts[run["id"]]
@@ -93,19 +93,20 @@ async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps
             position, error = blocked
             step = spec.steps[position]
             refusals[run["id"]] = f"step {position + 1} ({step.key}, {step.action}): {error}"
-        for position, step in enumerate(spec.steps):
+        for position, (step, stage) in enumerate(zip(spec.steps, stages(spec.steps))):
             status, error = "pending", None
             if blocked is not None:  # the run fails before any step: nothing is sent
                 status, error = ("failed", blocked[1]) if position == blocked[0] else ("skipped", None)
             for column, value in zip(
                 columns,
                 (run["id"], run["tenant_id"], position, step.key, step.action, step.config, status, error,
-                 SPECS[step.action].actor),
+                 SPECS[step.action].actor, stage),
             ):
                 column.append(value)
-    for step in await conn.fetch(store.INSERT_STEPS, *columns, [run["id"] for run in runs],
-                                 [contexts[run["id"]].context for run in runs]):
-        if step["position"] == 0 and step["status"] == "pending":
+    *step_columns, step_stages = columns
+    for step in await conn.fetch(store.INSERT_STEPS, *step_columns, [run["id"] for run in runs],
+                                 [contexts[run["id"]].context for run in runs], step_stages):
+        if step["stage"] == 0 and step["status"] == "pending":  # the first stage's steps start now
             first_steps[step["action"]].append(step["id"])
     for run_id, reason in refusals.items():
         await conn.execute(store.FAIL_RUN, run_id, reason)

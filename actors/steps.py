@@ -42,7 +42,13 @@ log = structlog.get_logger(__name__)
 # Dramatiq holds delayed messages in Redis; longer waits are left to the sweeper.
 MAX_QUEUE_DELAY_S = 3600
 
-CLAIM_STEPS = """
+# A step's stage (steps of runs enriched before migration 021 have none: each is a
+# stage of its own), and whether another step shares it: then the run's row is
+# locked before judging whether the stage has ended (see LOCK_RUN).
+STAGE_OF = """coalesce(s.stage, s.position) AS stage,
+    EXISTS (SELECT 1 FROM herald.steps g WHERE g.run_id = s.run_id AND g.stage = s.stage AND g.id <> s.id) AS grouped"""
+
+CLAIM_STEPS = f"""
 UPDATE herald.steps s
 SET status = 'sending',
     attempts = s.attempts + CASE WHEN s.status = 'waiting' THEN 0 ELSE 1 END,
@@ -60,7 +66,7 @@ WHERE s.id = ANY($1::bigint[]) AND s.action = ANY($2::text[])
   AND CASE s.status WHEN 'pending' THEN s.next_attempt_at IS NULL OR s.next_attempt_at <= clock_timestamp()
                     WHEN 'waiting' THEN s.wake_at <= clock_timestamp()
                     ELSE false END
-RETURNING s.id, s.run_id, s.tenant_id, s.position, s.step_key, s.action, s.config, s.attempts,
+RETURNING s.id, s.run_id, s.tenant_id, s.position, {STAGE_OF}, s.step_key, s.action, s.config, s.attempts,
           s.wake_at, r.context, r.workflow_id, r.event_id, w.definition -> 'retry' AS retry,
           w.definition -> 'rate_limit' AS rate_limit, ts.rate_limit AS tenant_rate_limit,
           e.table_name, e.row_id, e.entity, wt.id_column, wt.tenant_column, wt.action_targets,
@@ -96,7 +102,30 @@ SET status = $2, rendered = $3, error = $4, completed_at = clock_timestamp(),
 WHERE id = $1
 """
 
-NEXT_STEP = "SELECT id, action FROM herald.steps WHERE run_id = $1 AND position = $2 AND status = 'pending'"
+# Another step of run {run} (not {step}) is still to finish{among}.
+_UNFINISHED = """SELECT 1 FROM herald.steps o
+WHERE o.run_id = {run} AND o.id <> {step} AND o.status IN ('pending', 'sending', 'waiting'){among}"""
+
+# The next stage's steps, to start once step {step} of stage {stage} has finished:
+# none while another step of its stage is still to finish.
+_FOLLOWING = """SELECT id, action FROM herald.steps
+WHERE run_id = {run} AND coalesce(stage, position) = {stage} + 1 AND status = 'pending'
+  AND NOT EXISTS ({unfinished})"""
+
+
+def _following(run: str, step: str, stage: str) -> str:
+    among = f" AND coalesce(o.stage, o.position) = {stage}"
+    return _FOLLOWING.format(run=run, stage=stage,
+                             unfinished=_UNFINISHED.format(run=run, step=step, among=among))
+
+
+# $1 the run, $2 the stage, $3 the step that has finished.
+FOLLOWING = _following("$1", "$3", "$2")
+
+# Taken before judging, in the same transaction, whether a stage of several steps
+# has ended: two of its steps finishing at once then see each other, and exactly
+# one of them starts the next stage (or completes the run).
+LOCK_RUN = "SELECT 1 FROM herald.runs WHERE id = $1 FOR UPDATE"
 
 # A run whose every step was skipped (a rate limit's "skip") sent and wrote
 # nothing: it ends *skipped*, saying why, not *completed*. {run}: the run;
@@ -117,15 +146,24 @@ WHERE r.id = {run} AND r.status = 'running'{also}
 RETURNING r.status, r.execution_time_ms
 """
 
-RUN_COMPLETED = _RUN_COMPLETED.format(run="$1", sent="NULL::bigint", also="")
+# The run completed once no step but {step} is still to finish.
+def _run_completed(run: str, step: str, sent: str) -> str:
+    also = f" AND NOT EXISTS ({_UNFINISHED.format(run=run, step=step, among='')})"
+    return _RUN_COMPLETED.format(run=run, sent=sent, also=also).strip()
 
-# A step sent, and what follows in the same statement (one round trip, no
-# transaction around it): the run's next step to start, or, after its last, the
-# run completed. $1-$4: STEP_DONE's; $5 the run, $6 the next step's position.
+
+# $1 the run, $2 the step that has finished (and been recorded so).
+RUN_COMPLETED = _run_completed("$1", "$2", "NULL::bigint")
+
+# A step sent, and what follows in the same statement (one round trip; in a
+# transaction after LOCK_RUN only when its stage has other steps): the next
+# stage's steps to start, or, after the last, the run completed. $1-$4:
+# STEP_DONE's; $5 the run, $6 the step's stage. A row per step to start, or one
+# row with the run's end (or none of either).
 STEP_SENT = f"""
 WITH done AS ({STEP_DONE.strip()}),
-following AS (SELECT id, action FROM herald.steps WHERE run_id = $5 AND position = $6 AND status = 'pending'),
-ended AS ({_RUN_COMPLETED.format(run="$5", sent="$1", also=" AND NOT EXISTS (SELECT 1 FROM following)").strip()})
+following AS ({_following("$5", "$1", "$6")}),
+ended AS ({_run_completed("$5", "$1", "$1")})
 SELECT f.id, f.action, e.status, e.execution_time_ms
 FROM (SELECT) AS one LEFT JOIN following f ON true LEFT JOIN ended e ON true
 """
@@ -276,7 +314,8 @@ async def _hand_on(follow_ups: list[FollowUp], deadline: float) -> None:
 
     The next step is claimed like any other, so this changes who runs it, not
     whether it runs once: a run's steps go one after another in one worker
-    without a message, a queue wait and a thread each.
+    without a message, a queue wait and a thread each. The steps of different
+    actors (a stage's email and SMS) are carried out at the same time.
     """
     now: dict[str, list[int]] = {}
     later: list[FollowUp] = []
@@ -289,15 +328,23 @@ async def _hand_on(follow_ups: list[FollowUp], deadline: float) -> None:
         else:
             later.append(follow_up)
     await _send(later)
-    failures: list[Exception] = []
-    for actor_name, step_ids in now.items():
+
+    async def carry_out(actor_name: str, step_ids: list[int]) -> None:
         try:
             await run_steps(step_ids, actor_name, deadline)
-        except Exception as exc:
+        except Exception:
             # PostgreSQL away, say: the steps go to their actor, whose message is retried
             # (a step already claimed is not claimed twice).
-            failures.append(exc)
             await asyncio.to_thread(send, actor_name, step_ids)
+            raise
+
+    # Each actor's steps at the same time: a group's email and SMS go out together.
+    results = await asyncio.gather(*(carry_out(actor_name, step_ids) for actor_name, step_ids in now.items()),
+                                   return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # cancelled: the message stops here
+    failures = [result for result in results if isinstance(result, Exception)]
     if failures:
         raise failures[0]
 
@@ -374,30 +421,37 @@ async def _record_outcome(
         log.info("step waiting", until=outcome.until.isoformat())
         return [FollowUp(step["id"], step["action"], max(delay, 0.0))]
     assert isinstance(outcome, Done)
-    sent = await conn.fetchrow(STEP_SENT, step["id"], rendered, outcome.response, elapsed_ms,
-                               step["run_id"], step["position"] + 1)
+    values = (step["id"], rendered, outcome.response, elapsed_ms, step["run_id"], step["stage"])
+    if step["grouped"]:
+        async with conn.transaction():
+            await conn.execute(LOCK_RUN, step["run_id"])
+            sent = await conn.fetch(STEP_SENT, *values)
+    else:
+        sent = await conn.fetch(STEP_SENT, *values)
     metrics.STEPS.labels(step["action"], "sent").inc()
-    if sent["id"] is not None:
-        return [FollowUp(sent["id"], sent["action"])]
-    _run_ended(sent if sent["status"] is not None else None, step)
+    if sent[0]["id"] is not None:
+        return [FollowUp(row["id"], row["action"]) for row in sent]
+    if sent[0]["status"] is not None:
+        _run_ended(sent[0], step)
     return []
 
 
 async def advance(conn: asyncpg.Connection, step: Mapping[str, Any]) -> list[FollowUp]:
-    """After a step is done (or skipped): start the next one, or complete the run."""
-    return await _go_on(conn, step, await conn.fetchrow(NEXT_STEP, step["run_id"], step["position"] + 1))
+    """After a step is done (or skipped), in the transaction that recorded it: start
+    the next stage's steps, or complete the run, once no other step of its stage
+    is still to finish."""
+    await conn.execute(LOCK_RUN, step["run_id"])
+    following = await conn.fetch(FOLLOWING, step["run_id"], step["stage"], step["id"])
+    if following:
+        return [FollowUp(row["id"], row["action"]) for row in following]
+    ended = await conn.fetchrow(RUN_COMPLETED, step["run_id"], step["id"])
+    if ended is not None:
+        _run_ended(ended, step)
+    return []
 
 
-async def _go_on(conn: asyncpg.Connection, step: Mapping[str, Any], following: Any) -> list[FollowUp]:
-    """The next step (``following``, None after the last) to start, or the run completed."""
-    if following is None:
-        _run_ended(await conn.fetchrow(RUN_COMPLETED, step["run_id"]), step)
-        return []
-    return [FollowUp(following["id"], following["action"])]
-
-
-def _run_ended(ended: asyncpg.Record | None, step: Mapping[str, Any]) -> None:
-    """After a run's last step: count the run it ended (None: it had ended already)."""
+def _run_ended(ended: asyncpg.Record, step: Mapping[str, Any]) -> None:
+    """After a run's last step: count the run it ended."""
     _run_finished(ended, step)
     log.info("run completed")
 

@@ -31,7 +31,7 @@ from actors.actions import ACTIONS, Done, StepRun, Wait
 from actors.enriching import build_contexts, first_blocked_step
 from actors.model.naming import AmbiguousName, column_for
 from actors.model.templates import as_records
-from actors.model.workflow import WorkflowSpec, evaluate
+from actors.model.workflow import WorkflowSpec, evaluate, stages
 from actors.tables import table_shape
 from config.database import quote_ident, quote_qualified
 from config.errors import HeraldConfigError, StepError
@@ -118,24 +118,24 @@ async def preview_steps(
     settings = settings or Settings(database_url="", redis_url="")
     records = as_records(jsonable_context(context))
     previews: list[StepPreview] = []
-    failed = False
-    for position, spec_step in enumerate(spec.steps):
+    failed_stage: int | None = None  # a failed step's: the steps of later stages do not run
+    for position, (spec_step, stage) in enumerate(zip(spec.steps, stages(spec.steps))):
         preview = StepPreview(position, spec_step.key, spec_step.action, NOT_RUN)
         previews.append(preview)
         if blocked is not None:
             if position == blocked[0]:
                 preview.status, preview.error = FAILED, blocked[1]
             continue
-        if failed:
+        if failed_stage is not None and stage > failed_stage:
             continue
-        step = _step_row(spec_step, position, event, target)
+        step = _step_row(spec_step, position, stage, event, target)
         run = StepRun(step, records, settings, None, None, conn,  # type: ignore[arg-type]
                       preview=True, clock=clock)
         try:
             outcome = await _execute(ACTIONS[spec_step.action], run, conn)
         except (StepError, HeraldConfigError) as exc:
             preview.status, preview.error = FAILED, str(exc)
-            failed = True
+            failed_stage = stage
         else:
             if isinstance(outcome, Wait):
                 preview.status, preview.until = WAITING, outcome.until
@@ -153,10 +153,12 @@ async def _execute(action: Any, run: StepRun, conn: asyncpg.Connection | None) -
         return await action.execute(run)
 
 
-def _step_row(spec_step: Any, position: int, event: Mapping[str, Any], target: Target) -> dict[str, Any]:
+def _step_row(spec_step: Any, position: int, stage: int, event: Mapping[str, Any],
+              target: Target) -> dict[str, Any]:
     """What a worker's claim returns for a step (actors/steps.py CLAIM_STEPS), for a preview."""
     return {
         "id": None, "run_id": None, "tenant_id": event.get("tenant_id"), "position": position,
+        "stage": stage, "grouped": None,
         "step_key": spec_step.key, "action": spec_step.action, "config": spec_step.config, "attempts": 1,
         "wake_at": None, "workflow_id": "preview", "event_id": event.get("id"), "retry": None,
         "rate_limit": None, "tenant_rate_limit": None,

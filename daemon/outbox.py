@@ -85,7 +85,8 @@ FROM stale WHERE r.id = stale.id
 RETURNING r.id
 """
 
-# The next step of a running run, not started within the lease.
+# The next steps of a running run (every step of an earlier stage finished: sent,
+# or skipped by a rate limit), not started within the lease.
 STALE_PENDING_STEPS = """
 WITH stale AS (
     SELECT s.id FROM herald.steps s
@@ -94,7 +95,8 @@ WITH stale AS (
       AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= clock_timestamp())
       AND NOT EXISTS (
           SELECT 1 FROM herald.steps p
-          WHERE p.run_id = s.run_id AND p.position < s.position AND p.status <> 'sent'
+          WHERE p.run_id = s.run_id AND coalesce(p.stage, p.position) < coalesce(s.stage, s.position)
+            AND p.status NOT IN ('sent', 'skipped')
       )
     ORDER BY s.id LIMIT $2
     FOR UPDATE OF s SKIP LOCKED

@@ -57,7 +57,8 @@ LIMIT $3
 """
 
 LOCK_PARKED = """
-SELECT s.id, s.run_id, s.tenant_id, s.position, s.step_key, s.action, s.status, r.status AS run_status
+SELECT s.id, s.run_id, s.tenant_id, s.position, coalesce(s.stage, s.position) AS stage, s.step_key, s.action,
+       s.status, r.status AS run_status
 FROM herald.steps s
 JOIN herald.runs r ON r.id = s.run_id
 WHERE s.id = $1 AND ($2::text[] IS NULL OR s.tenant_id = ANY($2))
@@ -84,11 +85,14 @@ UPDATE herald.messages SET status = 'sent'
 WHERE step_id = $1 AND status IN ('unknown', 'sending', 'retrying')
 """
 
-# The steps after the parked one were skipped when the run failed (actors.steps
-# SKIP_REMAINING); they never ran, so they are pending again.
+# The steps not started yet when the run failed were skipped (actors.steps
+# SKIP_REMAINING, which leaves completed_at empty): those after the parked one,
+# and those of its own stage ($2) waiting for a retry. They never ran, so they are
+# pending again. A step a rate limit skipped had run: it stays skipped.
 REOPEN_FOLLOWING = """
 UPDATE herald.steps SET status = 'pending', error = NULL, updated_at = clock_timestamp()
-WHERE run_id = $1 AND position > $2 AND status = 'skipped'
+WHERE run_id = $1 AND coalesce(stage, position) >= $2 AND id <> $3 AND status = 'skipped' AND completed_at IS NULL
+RETURNING id, action, coalesce(stage, position) = $2 AS same_stage
 """
 
 RUN_GOES_ON = """
@@ -210,7 +214,7 @@ async def mark_sent(conn: asyncpg.Connection, step_id: int, *, scope: list[str] 
                     reason: str) -> Decided:
     """The message did arrive: the step is sent, and the run goes on as after any
     sent step (its next step starts, or it completes)."""
-    from actors.steps import advance
+    from actors.steps import FollowUp, advance
 
     reason = check_reason(reason)
     async with conn.transaction():
@@ -218,9 +222,11 @@ async def mark_sent(conn: asyncpg.Connection, step_id: int, *, scope: list[str] 
         await conn.execute(STEP_MARKED_SENT, step_id)
         await conn.execute(NOTE_DECISION, step_id, "mark_sent", who, reason)
         await conn.execute(MESSAGE_CONFIRMED, step_id)
-        await conn.execute(REOPEN_FOLLOWING, step["run_id"], step["position"])
+        reopened = await conn.fetch(REOPEN_FOLLOWING, step["run_id"], step["stage"], step_id)
         await conn.execute(RUN_GOES_ON, step["run_id"])
-        follow_ups = await advance(conn, step)
+        # The steps of its own stage start again now; the next stage once they are all done.
+        follow_ups = [FollowUp(row["id"], row["action"]) for row in reopened if row["same_stage"]]
+        follow_ups += await advance(conn, step)
         to_send = [(await conn.fetchval(QUEUE_OF, f.step_id), f.step_id) for f in follow_ups]
         run_status = await conn.fetchval("SELECT status FROM herald.runs WHERE id = $1", step["run_id"])
         await _record(conn, step, "mark_sent", who, reason, {"run_status": run_status})

@@ -81,8 +81,11 @@ WHERE step_id = ANY($1::bigint[]) AND status IN ('unknown', 'sending', 'failed')
 
 KEPT_STEPS = "SELECT count(*) FROM herald.steps WHERE run_id = $1 AND status = 'sent'"
 
+# The steps of the run's first stage with a pending step: they start together.
 FIRST_PENDING = """
-SELECT id, queue FROM herald.steps WHERE run_id = $1 AND status = 'pending' ORDER BY position LIMIT 1
+WITH pending AS (SELECT id, queue, coalesce(stage, position) AS stage FROM herald.steps
+                 WHERE run_id = $1 AND status = 'pending')
+SELECT id, queue FROM pending WHERE stage = (SELECT min(stage) FROM pending) ORDER BY id
 """
 
 AUDIT = """
@@ -236,9 +239,9 @@ async def retry_one(
         await conn.execute(REOPEN_MESSAGES, [step["id"] for step in reset])
         kept = await conn.fetchval(KEPT_STEPS, run_id)
         await conn.execute(AUDIT, run["tenant_id"], run_id, requested_by, reason, len(reset), kept, version)
-        first = await conn.fetchrow(FIRST_PENDING, run_id)
-    if first is not None:
-        send_step(first["queue"], first["id"])
+        first = await conn.fetch(FIRST_PENDING, run_id)
+    for step in first:
+        send_step(step["queue"], step["id"])
     return Retried(run_id, len(reset), int(kept), version, run["workflow_version"], updated, kept_as_run)
 
 

@@ -10,8 +10,10 @@ import asyncio
 import json
 import socket
 import struct
+import time
 import urllib.parse
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
@@ -41,6 +43,7 @@ class Answer:
     json: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0  # longer than the client's timeout: "took the request, never answered"
+    until: Callable[[], bool] | None = None  # hold the answer until this holds, at most delay_s
 
 
 class _WebFake:
@@ -76,6 +79,7 @@ class FakeHTTPServer(_WebFake):
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[Recorded] = []
+        self.held: list[tuple[str, bool]] = []  # (path, whether its answer's ``until`` came true in time)
         self._answers: dict[str, deque[Answer]] = defaultdict(lambda: deque([Answer(200, {})]))
 
     def routes(self, app: web.Application) -> None:
@@ -95,7 +99,12 @@ class FakeHTTPServer(_WebFake):
         self.requests.append(Recorded(request.method, request.path, dict(request.headers), body, form))
         queue = self._answers[request.path]
         answer = queue.popleft() if len(queue) > 1 else queue[0]
-        if answer.delay_s:
+        if answer.until is not None:
+            deadline = time.monotonic() + answer.delay_s
+            while not answer.until() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            self.held.append((request.path, answer.until()))
+        elif answer.delay_s:
             await asyncio.sleep(answer.delay_s)  # the fake is slow on purpose
         return web.json_response(answer.json if answer.json is not None else {}, status=answer.status,
                                  headers=answer.headers)

@@ -5,6 +5,11 @@ Two document formats are read as written:
 * field-service (``trigger_type``, ``trigger_conditions``, ``steps`` whose
   ``config.actionType`` names the action);
 * CRM rules (``trigger``, ``condition``, ``actions`` with ``type`` and ``args``).
+
+Steps run one after another. In either format a step may say
+``"with_previous": true``: it starts together with the step before it, and
+the step after the group starts once every step of the group has finished
+(see :func:`stages`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class StepSpec:
     key: str
     action: str
     config: dict[str, Any]
+    with_previous: bool = False  # starts together with the step before it
 
 
 @dataclass(frozen=True)
@@ -190,8 +196,9 @@ def _field_service_steps(raw: Any) -> tuple[StepSpec, ...]:
         action = get_spec(action_name, f"{field}.config.actionType")
         action.validate(config, f"{field}.config")
         key = step.get("id") or f"step-{i + 1}"
-        steps.append(StepSpec(str(key), action.name, config))
+        steps.append(StepSpec(str(key), action.name, config, _with_previous(step, field)))
     _check_unique_keys(steps, "steps")
+    _check_groups(steps, "steps")
     return tuple(steps)
 
 
@@ -213,9 +220,44 @@ def _rule_actions(raw: Any) -> tuple[StepSpec, ...]:
         args = _single_braces(args)
         _check_template_syntax(args, f"{field}.args")
         action.validate(args, f"{field}.args")
-        steps.append(StepSpec(str(item.get("id") or f"action-{i + 1}"), action.name, args))
+        steps.append(StepSpec(str(item.get("id") or f"action-{i + 1}"), action.name, args,
+                              _with_previous(item, field)))
     _check_unique_keys(steps, "actions")
+    _check_groups(steps, "actions")
     return tuple(steps)
+
+
+def _with_previous(step: dict[str, Any], field: str) -> bool:
+    value = step.get("with_previous", False)
+    if not isinstance(value, bool):
+        raise WorkflowValidationError(f"{field}.with_previous", "must be true or false")
+    return value
+
+
+def _check_groups(steps: list[StepSpec], field: str) -> None:
+    """A group (steps joined by ``with_previous``) follows a step, and holds no delay:
+    a delay holds back the steps after it, which in a group would start alongside it."""
+    for i, step in enumerate(steps):
+        if not step.with_previous:
+            continue
+        at = f"{field}[{i}].with_previous"
+        if i == 0:
+            raise WorkflowValidationError(at, "the first step has no step before it to start with")
+        for member in (steps[i - 1], step):
+            if member.action == "delay":
+                raise WorkflowValidationError(
+                    at, f"a delay ({member.key}) cannot start together with another step; "
+                        "put the delay before or after the group")
+
+
+def stages(steps: tuple[StepSpec, ...] | list[StepSpec]) -> list[int]:
+    """Each step's stage (0, 1, ...): a step joined to the one before it
+    (``with_previous``) shares its stage. A stage's steps start together; the
+    next stage starts once all of them have finished (sent or skipped)."""
+    found: list[int] = []
+    for i, step in enumerate(steps):
+        found.append(found[-1] if i and step.with_previous else (found[-1] + 1 if i else 0))
+    return found
 
 
 def _single_braces(value: Any) -> Any:

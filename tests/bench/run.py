@@ -10,7 +10,8 @@ product's default sweep interval and lease), and, in a process of their own, a
 Mailgun-like email and a Telnyx-like SMS provider answering after --delay-ms
 (``tests.bench.provider``). The worker sends through Herald's real ``mailgun``
 and ``telnyx`` providers. Each event is the demo's "Job Completed" workflow
-(an email, then an SMS), dedupe off, ``HERALD_RECIPIENT_LIMIT=0``. Every job is
+(an email, then an SMS; with --together, the SMS starts with the email), dedupe
+off, ``HERALD_RECIPIENT_LIMIT=0``. Every job is
 completed in its own transaction (one ``UPDATE jobs SET status = 'completed'``).
 
 Each run, on a fresh database:
@@ -154,8 +155,9 @@ def db_url(layout: EmbeddedLayout, name: str) -> str:
     return layout.database_url.replace("/herald?", f"/{name}?")
 
 
-async def fresh(layout: EmbeddedLayout, name: str) -> str:
-    """A new database with Herald's schema and the demo app (watched, job-completed workflow, dedupe off)."""
+async def fresh(layout: EmbeddedLayout, name: str, *, together: bool = False) -> str:
+    """A new database with Herald's schema and the demo app (watched, job-completed workflow, dedupe off;
+    ``together``: its SMS starts with its email)."""
     async with connection(layout.database_url) as admin:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.execute(f"CREATE DATABASE {name}")
@@ -164,6 +166,9 @@ async def fresh(layout: EmbeddedLayout, name: str) -> str:
         await migrate(conn)
         await load_demo(conn)
         await conn.execute("UPDATE herald.workflows SET definition = definition || '{\"dedupe\": {\"window_s\": 0}}'")
+        if together:
+            await conn.execute(
+                "UPDATE herald.workflows SET definition = jsonb_set(definition, '{steps,1,with_previous}', 'true')")
     return url
 
 
@@ -303,7 +308,7 @@ async def herald_run(layout: EmbeddedLayout, servers: EmbeddedServers, provider:
                      args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Idle, rate and max phases against one daemon + worker on a fresh database."""
     redis.Redis.from_url(layout.redis_url).flushall()  # nothing left over from an earlier run
-    url = await fresh(layout, "bench_run")
+    url = await fresh(layout, "bench_run", together=args.together)
     async with connection(url) as conn:
         rate_ids = await add_jobs(conn, "r", int(args.rate * args.seconds)) if not args.skip_rate else []
         max_ids = await add_jobs(conn, "m", args.events) if not args.skip_max else []
@@ -495,6 +500,8 @@ async def main() -> None:
     parser.add_argument("--overhead-rows", type=int, default=100_000, help="capture overhead table (default 100000)")
     parser.add_argument("--overhead-singles", type=int, default=2000,
                         help="capture overhead: single-row commits per table (default 2000)")
+    parser.add_argument("--together", action="store_true",
+                        help="the workflow's SMS starts together with its email (\"with_previous\")")
     parser.add_argument("--skip-rate", action="store_true")
     parser.add_argument("--skip-max", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
@@ -533,6 +540,7 @@ async def main() -> None:
     keys = {key for flat in flats for key in flat}
     medians = {key: median([flat.get(key) for flat in flats]) for key in sorted(keys)}
     print(f"Herald benchmark: {args.runs} runs, provider delay {args.delay_ms:g} ms, "
+          f"{'email and SMS together' if args.together else 'email then SMS'}, "
           f"{args.processes} worker process(es), {args.connections} connections, "
           f"{time.monotonic() - started:.0f} s in all\n")
     print(table(flats, medians))

@@ -185,6 +185,24 @@ async def test_an_invalid_phone_fails_with_a_reason_and_calls_nobody(
     assert len(http.requests) == before
 
 
+@pytest.mark.parametrize(("together", "path"), [(True, "/together"), (False, "/one-after-another")])
+async def test_steps_that_start_together_reach_their_providers_together(
+    conn: asyncpg.Connection, http: FakeHTTPServer, together: bool, path: str
+) -> None:
+    # The webhook's receiver holds its answer until the SMS has reached Telnyx (at most 0.8 s,
+    # within the 1 s HTTP timeout): only steps that start together get there in time.
+    sms_before = len(http.on("/v2/messages"))
+    http.answer(path, Answer(200, {}, delay_s=0.8, until=lambda: len(http.on("/v2/messages")) > sms_before))
+    hook = {"id": "hook", "type": "action", "config": {"actionType": "webhook", "url": http.url + path}}
+    _, run = await complete_a_job(conn, [hook, dict(SMS_STEP, with_previous=together)])
+    assert run["status"] == "completed", run["error"]
+    assert [held for held in http.held if held[0] == path] == [(path, together)]
+    steps = await steps_of(conn, run["id"])
+    assert [(s["action"], s["status"], s["stage"]) for s in steps] == [
+        ("webhook", "sent", 0), ("sms", "sent", 0 if together else 1)]
+    assert len(http.on("/v2/messages")) == sms_before + 1
+
+
 async def test_webhook_is_posted_signed(conn: asyncpg.Connection, http: FakeHTTPServer) -> None:
     _, run = await complete_a_job(conn, [{"id": "hook", "type": "action", "config": {
         "actionType": "webhook", "url": http.url + "/hooks/{{job.id}}",

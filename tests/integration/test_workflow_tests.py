@@ -102,6 +102,19 @@ async def test_the_example_test_file_passes() -> None:
     assert lines[-1].startswith("7 passed in ") and lines[-1].endswith("s")
 
 
+async def test_a_step_that_starts_with_a_failing_one_still_runs_and_the_steps_after_do_not(tmp_path: Path) -> None:
+    # As on a worker: the SMS started together with the email, so the email's failure does
+    # not stop it; the note after the two does not run.
+    steps = [*JOB_WORKFLOW["steps"], {"id": "note", "type": "action", "config": {
+        "actionType": "webhook", "url": "https://hooks.example.com/done"}}]
+    steps[1] = {**steps[1], "with_previous": True}
+    path = write_tests(tmp_path, [{"name": "no last name", "event": {"related": {"client": {
+        "first_name": "Ann", "email": "ann@example.com", "phone": "+15550101001"}}}}],
+        workflow={**JOB_WORKFLOW, "steps": steps})
+    [case] = (await run_test_file(path)).cases
+    assert [(s.key, s.status) for s in case.steps] == [("mail", FAILED), ("text", OK), ("note", NOT_RUN)]
+
+
 async def test_a_failing_case_shows_expected_against_got_per_field(tmp_path: Path) -> None:
     path = write_tests(tmp_path, [GOOD, WRONG])
     result = await run_test_file(path)

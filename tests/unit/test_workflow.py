@@ -10,7 +10,7 @@ import pytest
 
 from actors.model import dedupe
 from actors.model.dedupe import DedupePolicy, skip_reason
-from actors.model.workflow import evaluate, parse_workflow
+from actors.model.workflow import evaluate, parse_workflow, stages
 from config.errors import WorkflowValidationError
 from tests.conftest import REPO, read_json
 
@@ -229,3 +229,37 @@ def test_deep_nesting_is_a_validation_error_not_a_recursion_error(document: dict
     document["trigger_conditions"] = {"new_status": "completed"}
     document["steps"][0]["config"] = {"actionType": "webhook", "url": "https://example.com/hook", "payload": payload}
     assert (refusal(document).field, refusal(document).message) == ("steps", "nested more than 64 levels deep")
+
+
+def test_a_step_with_previous_shares_the_stage_of_the_step_before_it(document: dict[str, Any]) -> None:
+    document["steps"][1]["with_previous"] = True
+    document["steps"].append({"id": "later", "type": "delay", "config": {"duration": "1d"}})
+    spec = parse_workflow(document)
+    assert [step.with_previous for step in spec.steps] == [False, True, False]
+    assert stages(spec.steps) == [0, 0, 1]
+    assert stages(parse_workflow(read_json(EXAMPLE)).steps) == [0, 1]  # one after another by default
+
+
+def test_crm_rule_actions_may_start_together_too() -> None:
+    rule = read_json(RULE)
+    rule["actions"][1]["with_previous"] = True
+    assert stages(parse_workflow(rule).steps) == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "says"),
+    [
+        (lambda d: d["steps"][0].update(with_previous=True), "steps[0].with_previous", "first step"),
+        (lambda d: d["steps"][1].update(with_previous="yes"), "steps[1].with_previous", "true or false"),
+        (lambda d: d["steps"].insert(1, {"id": "pause", "type": "delay", "config": {"duration": "1h"}})
+         or d["steps"][2].update(with_previous=True), "steps[2].with_previous", "a delay (pause)"),
+        (lambda d: d["steps"].append({"id": "pause", "type": "delay", "config": {"duration": "1h"},
+                                      "with_previous": True}), "steps[2].with_previous", "a delay (pause)"),
+    ],
+)
+def test_a_group_that_cannot_start_together_is_refused(document: dict[str, Any], mutate: Any, field: str,
+                                                       says: str) -> None:
+    mutate(document)
+    with pytest.raises(WorkflowValidationError) as caught:
+        parse_workflow(document)
+    assert caught.value.field == field and says in caught.value.message
