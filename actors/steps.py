@@ -155,18 +155,27 @@ def _run_completed(run: str, step: str, sent: str) -> str:
 # $1 the run, $2 the step that has finished (and been recorded so).
 RUN_COMPLETED = _run_completed("$1", "$2", "NULL::bigint")
 
-# A step sent, and what follows in the same statement (one round trip; in a
-# transaction after LOCK_RUN only when its stage has other steps): the next
+# A step sent, and what follows in the same statement (one round trip): the next
 # stage's steps to start, or, after the last, the run completed. $1-$4:
 # STEP_DONE's; $5 the run, $6 the step's stage. A row per step to start, or one
-# row with the run's end (or none of either).
-STEP_SENT = f"""
+# row with the run's end (or none of either). {following}, {ended}: what a step
+# alone in its stage needs, or, for a stage of several (in a transaction, after
+# LOCK_RUN), the checks that the others have finished.
+_STEP_SENT = f"""
 WITH done AS ({STEP_DONE.strip()}),
-following AS ({_following("$5", "$1", "$6")}),
-ended AS ({_run_completed("$5", "$1", "$1")})
+following AS ({{following}}),
+ended AS ({{ended}})
 SELECT f.id, f.action, e.status, e.execution_time_ms
 FROM (SELECT) AS one LEFT JOIN following f ON true LEFT JOIN ended e ON true
 """
+
+# Alone in its stage, the step started after every earlier stage had finished.
+STEP_SENT = _STEP_SENT.format(
+    following="SELECT id, action FROM herald.steps"
+              " WHERE run_id = $5 AND coalesce(stage, position) = $6 + 1 AND status = 'pending'",
+    ended=_RUN_COMPLETED.format(run="$5", sent="$1", also=" AND NOT EXISTS (SELECT 1 FROM following)").strip())
+
+GROUP_STEP_SENT = _STEP_SENT.format(following=_following("$5", "$1", "$6"), ended=_run_completed("$5", "$1", "$1"))
 
 RUN_FAILED = """
 UPDATE herald.runs
@@ -338,6 +347,10 @@ async def _hand_on(follow_ups: list[FollowUp], deadline: float) -> None:
             await asyncio.to_thread(send, actor_name, step_ids)
             raise
 
+    if len(now) == 1:  # the usual case: no task of its own needed
+        [(actor_name, step_ids)] = now.items()
+        await carry_out(actor_name, step_ids)
+        return
     # Each actor's steps at the same time: a group's email and SMS go out together.
     results = await asyncio.gather(*(carry_out(actor_name, step_ids) for actor_name, step_ids in now.items()),
                                    return_exceptions=True)
@@ -425,7 +438,7 @@ async def _record_outcome(
     if step["grouped"]:
         async with conn.transaction():
             await conn.execute(LOCK_RUN, step["run_id"])
-            sent = await conn.fetch(STEP_SENT, *values)
+            sent = await conn.fetch(GROUP_STEP_SENT, *values)
     else:
         sent = await conn.fetch(STEP_SENT, *values)
     metrics.STEPS.labels(step["action"], "sent").inc()
