@@ -116,7 +116,8 @@ WHERE r.id = $1 AND ($2::text[] IS NULL OR r.tenant_id = ANY($2))
 """
 
 RUN_STEPS = """
-SELECT id, position, step_key, action, status, attempts, herald.clip(config, $2) AS config,
+SELECT id, position, coalesce(stage, position) AS stage, step_key, action, status, attempts,
+       herald.clip(config, $2) AS config,
        herald.clip(rendered, $2) AS rendered, herald.clip(provider_response, $2) AS provider_response,
        herald.clip(error, $2) AS error, created_at, started_at, completed_at, updated_at,
        execution_time_ms, next_attempt_at, wake_at, claimed_by

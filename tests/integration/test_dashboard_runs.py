@@ -326,6 +326,22 @@ async def test_run_page_explains_the_run(
     assert (await admin.get(f"/api/runs/{run_id + 100}")).status == 404
 
 
+async def test_a_run_page_says_which_steps_started_together(
+    admin: TestClient, conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
+) -> None:
+    one_after_another = await real_run(conn, pool, cache, 1)
+    await conn.execute("UPDATE herald.workflows SET definition = jsonb_set(definition, '{steps,1,with_previous}',"
+                       " 'true') WHERE tenant_id = '1'")
+    cache.invalidate("1")  # as the workflow change notification would
+    together = await real_run(conn, pool, cache, 2)
+    started_with = "<dt>Started</dt><dd>together with step 1"
+    assert started_with not in await (await admin.get(f"/runs/{one_after_another}")).text()
+    html = await (await admin.get(f"/runs/{together}")).text()
+    assert html.count(started_with) == 1 and html.index(started_with) > html.index('id="step-1"')
+    data = await (await admin.get(f"/api/runs/{together}")).json()
+    assert [(step["position"], step["stage"]) for step in data["steps"]] == [(0, 0), (1, 0)]
+
+
 async def test_a_huge_value_is_cut_with_its_length_noted(
     admin: TestClient, conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
 ) -> None:
