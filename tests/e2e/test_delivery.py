@@ -192,6 +192,7 @@ async def test_steps_that_start_together_reach_their_providers_together(
     # The webhook's receiver holds its answer until the SMS has reached Telnyx (at most 0.8 s,
     # within the 1 s HTTP timeout): only steps that start together get there in time.
     sms_before = len(http.on("/v2/messages"))
+    http.answer("/v2/messages", Answer(200, {"data": {"id": "m-together"}}))
     http.answer(path, Answer(200, {}, delay_s=0.8, until=lambda: len(http.on("/v2/messages")) > sms_before))
     hook = {"id": "hook", "type": "action", "config": {"actionType": "webhook", "url": http.url + path}}
     _, run = await complete_a_job(conn, [hook, dict(SMS_STEP, with_previous=together)])
