@@ -84,12 +84,21 @@ def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
         for entry, spec in entries:
             # What the trigger was read as: without the database, an ambiguous name lists its readings.
             print(f"{entry.label}: valid ({spec.name}: {spec.trigger.name} -> {spec.trigger.describe()};"
-                  f" {plural(len(spec.steps), 'step')})")
+                  f" {plural(len(spec.steps), 'step')}{_together(spec)})")
         if not entries:
             print(f"{', '.join(args.files)}: no workflows")
         return 0
     return _import_workflows(settings, args, entries)
 
+
+
+def _together(spec: Any) -> str:
+    """", 2 starting together": how many steps share a stage with another (``with_previous``)."""
+    from actors.model.workflow import stages
+
+    stage_of = stages(spec.steps)
+    together = sum(1 for stage in stage_of if stage_of.count(stage) > 1)
+    return f", {together} starting together" if together else ""
 
 def _read_files(paths: list[str], *, one_tenant: bool) -> list[tuple[Any, Any]] | None:
     """Every workflow of the files, parsed: (entry, spec); None when any is invalid (each said so).

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,8 @@ from actors.model import dedupe
 from actors.model.dedupe import DedupePolicy, skip_reason
 from actors.model.workflow import evaluate, parse_workflow, stages
 from config.errors import WorkflowValidationError
+from config.settings import Settings
+from daemon.cli.workflows import cmd_workflows
 from tests.conftest import REPO, read_json
 
 EXAMPLE = REPO / "config" / "examples" / "job-completed.workflow.json"
@@ -263,3 +268,13 @@ def test_a_group_that_cannot_start_together_is_refused(document: dict[str, Any],
     with pytest.raises(WorkflowValidationError) as caught:
         parse_workflow(document)
     assert caught.value.field == field and says in caught.value.message
+
+
+def test_validate_says_how_many_steps_start_together(document: dict[str, Any], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    document["steps"][1]["with_previous"] = True
+    path = tmp_path / "together.json"
+    path.write_text(json.dumps(document))
+    args = argparse.Namespace(workflows_command="validate", files=[str(path)])
+    assert cmd_workflows(Settings(database_url="", redis_url=""), args) == 0
+    assert capsys.readouterr().out.rstrip().endswith("; 2 steps, 2 starting together)")
