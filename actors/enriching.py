@@ -103,9 +103,8 @@ async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps
                  SPECS[step.action].actor, stage),
             ):
                 column.append(value)
-    *step_columns, step_stages = columns
-    for step in await conn.fetch(store.INSERT_STEPS, *step_columns, [run["id"] for run in runs],
-                                 [contexts[run["id"]].context for run in runs], step_stages):
+    for step in await conn.fetch(store.INSERT_STEPS, *columns, [run["id"] for run in runs],
+                                 [contexts[run["id"]].context for run in runs]):
         if step["stage"] == 0 and step["status"] == "pending":  # the first stage's steps start now
             first_steps[step["action"]].append(step["id"])
     for run_id, reason in refusals.items():

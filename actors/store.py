@@ -148,17 +148,17 @@ SELECT w.table_name, w.relations, w.tenant_column,
 FROM herald.watched_tables w WHERE w.table_name = ANY($1::text[])
 """
 
-# The runs' contexts ($10, $11) and their steps ($1-$9, $12: their stages), in one statement.
+# The runs' contexts ($11, $12) and their steps ($1-$10), in one statement.
 INSERT_STEPS = """
 WITH contexts AS (
     UPDATE herald.runs r SET context = u.context
-    FROM unnest($10::bigint[], $11::jsonb[]) AS u(id, context) WHERE r.id = u.id
+    FROM unnest($11::bigint[], $12::jsonb[]) AS u(id, context) WHERE r.id = u.id
 )
 INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, error, completed_at,
                           queue, stage)
 SELECT r, t, p, k, a, c, s, x, CASE WHEN s <> 'pending' THEN clock_timestamp() END, q, g
 FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::jsonb[], $7::text[],
-            $8::text[], $9::text[], $12::int[]) AS u(r, t, p, k, a, c, s, x, q, g)
+            $8::text[], $9::text[], $10::int[]) AS u(r, t, p, k, a, c, s, x, q, g)
 ON CONFLICT (run_id, position) DO NOTHING
 RETURNING id, run_id, stage, action, status
 """

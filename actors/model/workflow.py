@@ -255,8 +255,11 @@ def stages(steps: tuple[StepSpec, ...] | list[StepSpec]) -> list[int]:
     (``with_previous``) shares its stage. A stage's steps start together; the
     next stage starts once all of them have finished (sent or skipped)."""
     found: list[int] = []
-    for i, step in enumerate(steps):
-        found.append(found[-1] if i and step.with_previous else (found[-1] + 1 if i else 0))
+    stage = -1
+    for step in steps:
+        if not (found and step.with_previous):
+            stage += 1  # a new stage, or the first
+        found.append(stage)
     return found
 
 

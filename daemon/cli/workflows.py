@@ -91,7 +91,6 @@ def cmd_workflows(settings: Settings, args: argparse.Namespace) -> int:
     return _import_workflows(settings, args, entries)
 
 
-
 def _together(spec: Any) -> str:
     """", 2 starting together": how many steps share a stage with another (``with_previous``)."""
     from actors.model.workflow import stages
@@ -99,6 +98,7 @@ def _together(spec: Any) -> str:
     stage_of = stages(spec.steps)
     together = sum(1 for stage in stage_of if stage_of.count(stage) > 1)
     return f", {together} starting together" if together else ""
+
 
 def _read_files(paths: list[str], *, one_tenant: bool) -> list[tuple[Any, Any]] | None:
     """Every workflow of the files, parsed: (entry, spec); None when any is invalid (each said so).
