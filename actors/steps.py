@@ -70,7 +70,7 @@ RETURNING s.id, s.run_id, s.tenant_id, s.position, {STAGE_OF}, s.step_key, s.act
           s.wake_at, r.context, r.workflow_id, r.event_id, w.definition -> 'retry' AS retry,
           w.definition -> 'rate_limit' AS rate_limit, ts.rate_limit AS tenant_rate_limit,
           e.table_name, e.row_id, e.entity, wt.id_column, wt.tenant_column, wt.action_targets,
-          wt.updatable_columns, wt.fills, w.name AS workflow_name,
+          wt.updatable_columns, wt.fills, wt.capture, w.name AS workflow_name,
           extract(epoch FROM clock_timestamp() - e.created_at)::float8 AS event_age_s
 """
 

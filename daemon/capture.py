@@ -22,6 +22,7 @@ from actors.model.naming import camel_to_snake
 from actors.tables import FILL_KINDS, TableShape, table_shape
 from config.database import quote_ident, quote_qualified
 from config.errors import HeraldConfigError, StepError
+from daemon import wal_setup
 from daemon.access import Needs, access_report
 
 RESOLVE_TABLE = """
@@ -42,13 +43,13 @@ ORDER BY n.nspname, c.relname
 
 UPSERT_WATCHED = """
 INSERT INTO herald.watched_tables
-    (table_name, entity, id_column, tenant_column, relations, action_targets, updatable_columns, fills)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    (table_name, entity, id_column, tenant_column, relations, action_targets, updatable_columns, fills, capture)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (table_name) DO UPDATE
 SET entity = EXCLUDED.entity, id_column = EXCLUDED.id_column,
     tenant_column = EXCLUDED.tenant_column, relations = EXCLUDED.relations,
     action_targets = EXCLUDED.action_targets, updatable_columns = EXCLUDED.updatable_columns,
-    fills = EXCLUDED.fills
+    fills = EXCLUDED.fills, capture = EXCLUDED.capture
 """
 
 ENTITY_OWNER = "SELECT table_name FROM herald.watched_tables WHERE entity = $1 AND table_name <> $2"
@@ -59,8 +60,10 @@ WHERE w.is_active AND (w.trigger_type LIKE $1 || '\\_%' OR w.trigger_type LIKE '
 
 # What `herald watch` installs on a table (migration 019): per statement for
 # inserts, updates and deletes; a partitioned table has herald_capture (inserts
-# and deletes, per row) and herald_capture_update only.
+# and deletes, per row) and herald_capture_update only. A table captured from
+# the WAL has none (migration 022, daemon/wal_setup.py).
 CAPTURE_TRIGGERS = ("herald_capture", "herald_capture_update", "herald_capture_delete")
+CAPTURE_MODES = ("trigger", "wal")
 
 ENTITY = re.compile(r"^[a-z][a-z0-9_]*$")
 _TABLE_KINDS = {"r": "table", "p": "table", "v": "view", "m": "materialized view", "f": "foreign table"}
@@ -202,15 +205,20 @@ async def watch_table(
     notes_table: str | None = None,
     updatable: tuple[str, ...] = (),
     fills: dict[str, str] | None = None,
+    capture: str = "trigger",
 ) -> Watched:
     """Install (or refresh) capture on ``table``; say what was set up.
 
     ``id_column`` defaults to the table's primary key; ``tasks_table`` /
     ``notes_table`` are where create_task / create_note write for this table's
     events; ``updatable`` lists the columns update_record may change; ``fills``
-    what Herald fills in the rows it writes (actors/tables.py). Raises
+    what Herald fills in the rows it writes (actors/tables.py); ``capture``
+    whether triggers capture its changes or the daemon reads them from the
+    write-ahead log (``wal``, daemon/wal_setup.py). Raises
     HeraldConfigError naming what is wrong, and every privilege Herald's role lacks.
     """
+    if capture not in CAPTURE_MODES:
+        raise HeraldConfigError(f"--capture must be one of {', '.join(CAPTURE_MODES)}, not {capture!r}")
     qualified = await resolve_table(conn, table)
     shape = await _shape(conn, qualified)
     entity = entity or default_entity(qualified.partition(".")[2])
@@ -266,13 +274,23 @@ async def watch_table(
     if report.missing:
         raise HeraldConfigError(report.missing_text())
     warnings.extend(report.warnings)
+    if capture == "wal":
+        have = await wal_setup.check(conn, qualified)
+        await wal_setup.ensure_slot(conn, have["database"])
     async with conn.transaction():
-        # config/migrations/019_capture_per_statement.sql: per statement, or per
-        # row on a partitioned table.
-        await conn.execute("SELECT herald.install_capture($1::regclass, $2, $3, $4, $5)",
-                           quote_qualified(qualified), entity, id_column, tenant_column, qualified)
+        if capture == "wal":
+            await wal_setup.install(conn, qualified, have, CAPTURE_TRIGGERS)
+        else:
+            if await wal_setup.remove(conn, qualified):
+                warnings.append(f"{qualified} keeps REPLICA IDENTITY FULL, which capture from the WAL set: if"
+                                f" nothing else needs it, ALTER TABLE {quote_qualified(qualified)}"
+                                " REPLICA IDENTITY DEFAULT;")
+            # config/migrations/019_capture_per_statement.sql: per statement, or per
+            # row on a partitioned table.
+            await conn.execute("SELECT herald.install_capture($1::regclass, $2, $3, $4, $5)",
+                               quote_qualified(qualified), entity, id_column, tenant_column, qualified)
         await conn.execute(UPSERT_WATCHED, qualified, entity, id_column, tenant_column, relation_map,
-                           action_targets, list(updatable), checked_fills)
+                           action_targets, list(updatable), checked_fills, capture)
     return Watched(qualified, entity, id_column, warnings)
 
 
@@ -288,6 +306,7 @@ async def unwatch_table(conn: asyncpg.Connection, table: str) -> tuple[str, int]
         try:
             for drop in drops:
                 await conn.execute(drop)
+            await wal_setup.remove(conn, qualified)
         except asyncpg.InsufficientPrivilegeError:
             # Only a table's owner may drop its triggers (Herald's role may create them).
             raise HeraldConfigError(

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from config.database import migration_files, quote_qualified
 from config.settings import VARIABLES, Settings, parse_recipient_limit
 from daemon.capture import CAPTURE_TRIGGERS
+from daemon.wal_capture import PUBLICATION
 
 Level = Literal["ok", "warn", "fail", "skip"]
 
@@ -196,7 +197,7 @@ APPLIED = "SELECT version, name FROM herald.schema_migrations ORDER BY version"
 # their enabled state (pg_trigger.tgenabled: O origin and A always fire; D
 # disabled; R only on replicas) and whether they call Herald's function.
 TRIGGERS = """
-SELECT w.table_name, rel.oid IS NOT NULL AS present, c.relkind::text AS kind, t.tgname::text AS trigger,
+SELECT w.table_name, w.capture, rel.oid IS NOT NULL AS present, c.relkind::text AS kind, t.tgname::text AS trigger,
        t.tgtype::int AS type, t.tgenabled::text AS enabled,
        t.tgfoid IN (SELECT p.oid FROM pg_proc p
                     WHERE p.proname = 'capture_change' AND p.pronamespace = 'herald'::regnamespace) AS herald
@@ -261,7 +262,8 @@ async def trigger_findings(conn: asyncpg.Connection) -> list[Finding]:
     check = "capture triggers"
     tables: dict[str, tuple[bool, str, dict[str, _Trigger]]] = {}
     for row in await conn.fetch(TRIGGERS, list(CAPTURE_TRIGGERS)):
-        _present, _kind, triggers = tables.setdefault(row["table_name"], (row["present"], row["kind"], {}))
+        kind = "wal" if row["capture"] == "wal" else row["kind"]
+        _present, _kind, triggers = tables.setdefault(row["table_name"], (row["present"], kind, {}))
         if row["trigger"] is not None:
             triggers[row["trigger"]] = _Trigger(row["type"], row["enabled"], row["herald"])
     if not tables:
@@ -276,6 +278,11 @@ async def trigger_findings(conn: asyncpg.Connection) -> list[Finding]:
             findings.append(fail(
                 check, f"{table} is watched but no longer exists: nothing captures its changes",
                 f"restore it, or stop watching it: DELETE FROM herald.watched_tables WHERE table_name = '{literal}';"))
+            continue
+        if kind == "wal":  # captured from the WAL (wal_findings): a trigger of Herald's there is one too many
+            findings.extend(fail(check, f"{table} is captured from the WAL and also has trigger {name}: its"
+                                 f" {_writes(trigger.type)} would be events twice", rewatch.format(table=table))
+                            for name, trigger in triggers.items() if trigger.herald)
             continue
         # Writes some trigger of Herald's captures (one a Herald before migration
         # 019 installed per row captures inserts and deletes as herald_capture),
@@ -298,7 +305,7 @@ async def trigger_findings(conn: asyncpg.Connection) -> list[Finding]:
                 findings.append(fail(check, f"{table} has no {name} trigger: its {_writes(bits & ~covered)} are"
                                      " not captured", rewatch.format(table=table)))
         per_row = [name for name, trigger in triggers.items() if trigger.type & ROW and trigger.herald]
-        if kind != "p" and per_row and len(findings) == found_before:
+        if kind == "r" and per_row and len(findings) == found_before:
             # Watched before migration 019, which could not move it: every write is
             # captured, each row by a trigger call of its own.
             findings.append(warn(check, f"{table} is captured per row ({', '.join(per_row)}): correct, but its"
@@ -306,6 +313,54 @@ async def trigger_findings(conn: asyncpg.Connection) -> list[Finding]:
                                  rewatch.format(table=table)))
     if not findings:
         findings.append(ok(check, f"installed and enabled on {_count(len(tables), 'watched table')}"))
+    return findings
+
+
+# Tables captured from the WAL and what reading them needs (daemon/wal_setup.py).
+WAL_STATE = """
+SELECT current_setting('wal_level') AS wal_level,
+       (SELECT slot_name FROM herald.wal_capture LIMIT 1) AS slot,
+       s.slot_name IS NOT NULL AS slot_exists, s.wal_status,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
+       coalesce((SELECT array_agg(w.table_name ORDER BY w.table_name) FROM herald.watched_tables w
+                 WHERE w.capture = 'wal'), '{}') AS tables,
+       coalesce((SELECT array_agg(w.table_name ORDER BY w.table_name) FROM herald.watched_tables w
+                 JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', split_part(w.table_name, '.', 1),
+                                                               substr(w.table_name, strpos(w.table_name, '.') + 1)))
+                 WHERE w.capture = 'wal' AND (c.relreplident <> 'f' OR NOT EXISTS (
+                     SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                     WHERE p.pubname = $1 AND pr.prrelid = c.oid))), '{}') AS unpublished
+FROM (SELECT 1) AS one
+LEFT JOIN pg_replication_slots s ON s.slot_name = (SELECT slot_name FROM herald.wal_capture LIMIT 1)
+"""
+# The WAL a slot keeps beyond which the doctor warns: the daemon is down or behind.
+WAL_RETAINED_WARN_BYTES = 1 << 30
+
+
+async def wal_findings(conn: asyncpg.Connection) -> list[Finding]:
+    """Tables captured from the WAL: the slot there and read, each table published whole."""
+    check = "WAL capture"
+    state = await conn.fetchrow(WAL_STATE, PUBLICATION)
+    tables = list(state["tables"])
+    if not tables:
+        return []
+    rewatch = f"run `herald watch {tables[0]} --capture wal` again, with the options it was watched with"
+    named = ", ".join(tables)
+    if state["wal_level"] != "logical":
+        return [fail(check, f"wal_level is {state['wal_level']}: the changes of {named} cannot be read",
+                     "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL")]
+    if not state["slot_exists"] or state["wal_status"] == "lost":
+        what = "was invalidated (the server removed WAL it still needed)" if state["slot_exists"] else "is missing"
+        return [fail(check, f"the replication slot {state['slot'] or ''} {what}: changes of {named} made"
+                     " since are not events", rewatch)]
+    findings = [fail(check, f"{table} is not published with REPLICA IDENTITY FULL: its changes are not"
+                     " read whole", rewatch.replace(tables[0], table)) for table in state["unpublished"]]
+    retained = f"the slot {state['slot']} keeps {state['retained_bytes'] / (1 << 20):.0f} MB of WAL"
+    if state["retained_bytes"] > WAL_RETAINED_WARN_BYTES:
+        findings.append(warn(check, f"{retained}: the daemon is down or behind (`herald status`)",
+                             "start the daemon; set max_slot_wal_keep_size to bound what the server keeps"))
+    if not findings:
+        findings.append(ok(check, f"{_count(len(tables), 'table')} read from slot {state['slot']}; {retained}"))
     return findings
 
 
@@ -342,6 +397,7 @@ async def database_findings(conn: asyncpg.Connection, clock: Callable[[], float]
         findings.append(skipped("capture triggers", "Herald's schema is not installed"))
     else:
         findings.extend(await trigger_findings(conn))
+        findings.extend(await wal_findings(conn))
     findings.append(clock_finding(await clock_skew_s(conn, clock)))
     return findings
 

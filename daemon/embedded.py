@@ -454,8 +454,10 @@ class EmbeddedServers:
                 raise EmbeddedServerError(f"initdb failed: {result.stderr.strip()}")
             with open(self.pgdata / "postgresql.conf", "a") as conf:
                 # Sockets only: the embedded server never listens on a network port.
+                # wal_level = logical: tables may be captured from the WAL (`herald watch
+                # --capture wal`); without a replication slot it costs next to nothing.
                 conf.write("\n# Herald's embedded default\nlisten_addresses = ''\n"
-                           "max_connections = 200\n")
+                           "max_connections = 200\nwal_level = logical\n")
         # pg_ctl daemonises the postmaster (its own session, parent init), so
         # it cannot be made to die with Herald: a killed `herald up` leaves it
         # running, and the next one takes it over (see _ensure_postgres).

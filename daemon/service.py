@@ -1,4 +1,4 @@
-"""The daemon process: listener, dispatcher, sweeper, scheduler and heartbeat on one event loop.
+"""The daemon process: listener, dispatcher, WAL capture, sweeper, scheduler and heartbeat on one event loop.
 
 SIGTERM or SIGINT sets a stop event and the tasks finish what they are doing
 (a claimed batch is sent before the dispatcher stops); a second signal exits
@@ -25,6 +25,7 @@ from daemon.progress import CURRENT, Progress, watch
 from daemon.retention import Retention, RetentionPolicy
 from daemon.scheduler import Scheduler
 from daemon.sweeper import Sweeper
+from daemon.wal_capture import WalCapture
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,9 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> i
         )
         sweeper = Sweeper(pool, send, lease_s=settings.lease_s, interval_s=settings.sweep_interval_s,
                           liveness_s=settings.liveness_s, abandoned_s=settings.actor_time_limit_s + 5)
+        # Tables captured from the WAL: their changes become events here, then wake the dispatcher.
+        wal = WalCapture(pool, settings.database_url, interval_s=settings.sweep_interval_s,
+                         on_events=lambda: dispatcher.notified(""))
         heartbeat = Heartbeat(pool, interval_s=settings.heartbeat_interval_s)
         scheduler = Scheduler(settings.database_url, pool, interval_s=settings.sweep_interval_s)
         # Pruning old rows is the leader's: it shares the scheduler's lock.
@@ -65,6 +69,7 @@ async def run_daemon(settings: Settings, stop: asyncio.Event | None = None) -> i
             asyncio.create_task(listen(settings.database_url, dispatcher.notified, stop,
                                        on_listening=lambda: notifier.ready("running")), name="listener"),
             asyncio.create_task(dispatcher.run(stop), name="dispatcher"),
+            asyncio.create_task(wal.run(stop), name="wal capture"),
             asyncio.create_task(sweeper.run(stop), name="sweeper"),
             asyncio.create_task(heartbeat.run(stop), name="heartbeat"),
             asyncio.create_task(scheduler.run(stop), name="scheduler"),

@@ -79,6 +79,9 @@ async def fresh_database(layout: EmbeddedLayout) -> AsyncIterator[str]:
         yield database_url(layout, name)
     finally:
         async with connection(layout.database_url) as admin:
+            # A replication slot (capture from the WAL) would keep the database from being dropped.
+            await admin.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                                " WHERE database = $1", name)
             await admin.execute(f"DROP DATABASE {quote_ident(name)} WITH (FORCE)")
 
 

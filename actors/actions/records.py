@@ -189,8 +189,12 @@ class UpdateRecord(UpdateRecordSpec, Action):
                 column = shape.column(column_name, "finding the event's row")
                 args.append(value)
                 where.append(f"{quote_ident(column.name)} = {_placeholder(len(args), column.type)}")
-        # The change this causes is marked as Herald's own, so it cannot re-trigger this workflow.
-        await run.conn.execute("SELECT set_config('herald.origin_run', $1, true)", str(step["run_id"]))
+        # The change this causes is marked as Herald's own, so it cannot re-trigger this workflow:
+        # for the capture trigger by a setting, in the WAL by a message (daemon/wal_capture.py).
+        await run.conn.execute(
+            "SELECT set_config('herald.origin_run', $1, true),"
+            " CASE WHEN $2 THEN pg_logical_emit_message(true, 'herald.origin_run', $1) END",
+            str(step["run_id"]), step.get("capture") == "wal")
         sql = f"UPDATE {quote_qualified(table)} SET {assignments} WHERE {' AND '.join(where)}"
         try:
             status = await run.conn.execute(sql, *args)

@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     watch.add_argument("--fill", action="append", default=[], metavar="COLUMN=KIND",
                        help="what Herald fills in the rows it writes when a workflow does not:"
                             " now, uuid, cuid or none (repeatable)")
+    watch.add_argument("--capture", choices=("trigger", "wal"), default="trigger",
+                       help="trigger (default): a trigger writes each change in the application's transaction;"
+                            " wal: the daemon reads the changes from the write-ahead log (needs wal_level ="
+                            " logical and a role with REPLICATION; the application's writes cost about what"
+                            " they cost unwatched)")
     watch.set_defaults(handler=cmd_watch)
 
     unwatch = sub.add_parser("unwatch", help="stop capturing a table's changes")
@@ -41,9 +46,10 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
     watched = with_database(settings, lambda conn: watch_table(
         conn, args.table, tenant_column=args.tenant_column, entity=args.entity, id_column=args.id_column,
         relations=relations, tasks_table=args.tasks_table, notes_table=args.notes_table,
-        updatable=tuple(c for c in args.updatable.split(",") if c), fills=fills))
+        updatable=tuple(c for c in args.updatable.split(",") if c), fills=fills, capture=args.capture))
+    how = " (read from the write-ahead log)" if args.capture == "wal" else ""
     print(f"watching {watched.table} as entity {watched.entity} (rows identified by {watched.id_column}):"
-          " its inserts, updates and deletes are now Herald events")
+          f" its inserts, updates and deletes are now Herald events{how}")
     for warning in watched.warnings:
         print(f"herald: warning: {one_line(warning)}", file=sys.stderr)
     return 0

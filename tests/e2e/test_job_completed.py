@@ -7,7 +7,8 @@ from typing import Any
 
 import asyncpg
 
-from daemon.demo import load_demo
+from daemon.capture import watch_table
+from daemon.demo import WATCHES, load_demo
 from daemon.workflows import export_workflows
 from tests.conftest import wait_until
 from tests.e2e.conftest import Processes
@@ -90,3 +91,34 @@ async def test_events_written_while_the_daemon_was_down_are_caught_up(
     tenants = await conn.fetch("SELECT DISTINCT tenant_id FROM herald.messages ORDER BY 1")
     assert [t["tenant_id"] for t in tenants] == ["1", "2"]
     assert await conn.fetchval("SELECT count(*) FROM herald.messages") == 4
+
+
+async def test_a_job_table_captured_from_the_wal_runs_its_workflow_once(
+    conn: asyncpg.Connection, processes: Processes
+) -> None:
+    await load_demo(conn)
+    jobs_relations = dict(WATCHES)["jobs"]
+    await watch_table(conn, "jobs", tenant_column="organization_id", relations=jobs_relations, capture="wal")
+    triggers = await conn.fetch("SELECT tgname FROM pg_trigger WHERE tgrelid = 'jobs'::regclass AND NOT tgisinternal")
+    assert triggers == []  # nothing of Herald's runs in the application's transaction
+    # One job completes before any Herald process runs (the slot keeps it), one after.
+    await conn.execute("UPDATE jobs SET status = 'completed' WHERE id = 2")
+    processes.start("worker", "worker")
+    processes.start("daemon", "daemon")
+    await conn.execute("UPDATE jobs SET status = 'completed' WHERE id = 1")
+
+    async def both_runs_completed() -> bool:
+        return await conn.fetchval("SELECT count(*) FROM herald.runs WHERE status = 'completed'") == 2
+
+    await wait_until(both_runs_completed, timeout=30, message="both runs to complete")
+    for job in ("1", "2"):
+        messages = await conn.fetch(MESSAGES_FOR_JOB, job)
+        assert [(m["channel"], m["status"]) for m in messages] == [("email", "captured"), ("sms", "captured")]
+    events = await conn.fetch("SELECT row_id, old ->> 'status' AS was, new ->> 'status' AS now"
+                              " FROM herald.events WHERE entity = 'job' ORDER BY id")
+    assert [tuple(e) for e in events] == [("2", "scheduled", "completed"), ("1", "in_progress", "completed")]
+    # The daemon streams the slot (it is not polling it), and recorded where it has written to.
+    slot = await conn.fetchrow(
+        "SELECT w.read_lsn, a.application_name FROM herald.wal_capture w"
+        " JOIN pg_replication_slots s USING (slot_name) JOIN pg_stat_activity a ON a.pid = s.active_pid")
+    assert slot["application_name"] == "herald-wal-capture" and slot["read_lsn"] is not None

@@ -1,0 +1,388 @@
+"""Capture from the write-ahead log: the daemon reads the database's replication
+slot and writes each change of a table watched with ``--capture wal`` to
+herald.events, as the capture trigger would have (config/migrations/022_capture_from_wal.sql).
+
+While a table is captured this way, the daemon streams the slot
+(daemon/wal_stream.py): the server sends each transaction as it commits. For
+each, the daemon writes its changes as events and the end of the transaction
+(``read_lsn``) in one transaction of its own, and only then confirms it to the
+server. A daemon stopped in between is sent those transactions again and
+skips them by ``read_lsn``: each change is one event, once. A second daemon
+finds the slot in use and stands by. Once no table is captured from the WAL,
+the daemon reads what is left by peeking (``pg_logical_slot_peek_binary_changes``,
+:meth:`WalCapture.read`, the same writing) and drops the slot.
+
+LSNs are integers here, as asyncpg gives ``pg_lsn``.
+
+The rows come from the log as text, column by column; PostgreSQL turns them
+back into the table's row type (``jsonb_populate_record``) and then into
+``jsonb``, so an event's ``old`` and ``new`` are what ``to_jsonb(row)`` in the
+trigger gives. An update's unchanged large (TOASTed) values, which the log
+leaves out of the new row, are taken from the old row (REPLICA IDENTITY FULL
+keeps it whole). Herald's own ``update_record`` marks its transaction with a
+logical decoding message naming its run (actors/actions/records.py), which
+takes the place of the trigger's ``herald.origin_run`` setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+
+from config.database import quote_qualified
+from daemon.loops import OUTAGES, sleep_until_stopped
+from daemon.progress import loop_passed, loop_started
+from daemon.wal_stream import STREAM_ERRORS, ReplicationStream
+
+log = structlog.get_logger(__name__)
+
+PUBLICATION = "herald_capture"
+ORIGIN_PREFIX = "herald.origin_run"  # the logical message update_record writes
+# Transactions read at once: the slot gives whole transactions, so one larger
+# than this comes whole.
+MAX_CHANGES = 10_000
+# Changes per INSERT: a transaction of a million rows is written in many
+# statements (in its one transaction), the watchdog told of each.
+INSERT_CHUNK = 5_000
+# Messages beyond which a peek's are parsed in a thread.
+PARSE_IN_THREAD = 500
+# json and jsonb columns: their text is parsed, so that the row holds the value,
+# not a string of it.
+JSON_TYPES = {114, 3802}
+
+IN_USE = "SELECT EXISTS (SELECT 1 FROM herald.watched_tables WHERE capture = 'wal')"
+STATE = """
+SELECT w.slot_name, w.publication, w.read_lsn, pg_current_wal_flush_lsn() AS upto,
+       EXISTS (SELECT 1 FROM herald.watched_tables WHERE capture = 'wal') AS in_use
+FROM herald.wal_capture w
+"""
+PEEK = """
+SELECT lsn, data FROM pg_logical_slot_peek_binary_changes(
+    $1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4, 'messages', 'true')
+"""
+LOCK_STATE = "SELECT read_lsn FROM herald.wal_capture WHERE slot_name = $1 FOR UPDATE"
+SET_READ = "UPDATE herald.wal_capture SET read_lsn = $2::pg_lsn WHERE slot_name = $1"
+ADVANCE = """
+SELECT pg_replication_slot_advance(slot_name, greatest($2::pg_lsn, confirmed_flush_lsn))
+FROM pg_replication_slots WHERE slot_name = $1
+"""
+WATCHED = "SELECT table_name, entity, id_column, tenant_column FROM herald.watched_tables"
+# No table captured from the WAL any more, and the slot read to its end: the slot
+# goes (a slot nobody reads keeps the server's WAL forever). The row is locked
+# first, as `herald watch --capture wal` locks it, so that the look at the
+# watched tables sees a table that such a command just switched.
+LOCK_UNUSED = "SELECT 1 FROM herald.wal_capture WHERE slot_name = $1 FOR UPDATE"
+DROP_UNUSED = """
+WITH gone AS (
+    DELETE FROM herald.wal_capture
+    WHERE slot_name = $1 AND NOT EXISTS (SELECT 1 FROM herald.watched_tables WHERE capture = 'wal')
+    RETURNING slot_name
+)
+SELECT pg_drop_replication_slot(slot_name) FROM gone
+"""
+
+# One table's changes, in order, as events: the capture trigger's INSERT with the
+# rows rebuilt from the log's text (config/migrations/019_capture_per_statement.sql).
+INSERT_EVENTS = """
+INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, old, new,
+                           origin_run_id, state, matched_at, match_report)
+SELECT CASE WHEN c.problem IS NULL THEN coalesce(c.r ->> $6, 'default') ELSE '' END,
+       $7, $8, c.r ->> $9, c.op,
+       $7 || '.' || CASE c.op WHEN 'INSERT' THEN 'created' WHEN 'UPDATE' THEN 'updated' ELSE 'deleted' END,
+       CASE WHEN pg_column_size(c.o) <= 16384 THEN c.o ELSE herald.event_row(c.o) END,
+       CASE WHEN pg_column_size(c.n) <= 16384 THEN c.n ELSE herald.event_row(c.n) END,
+       c.origin,
+       CASE WHEN c.problem IS NULL THEN 'pending' ELSE 'failed' END,
+       CASE WHEN c.problem IS NULL THEN NULL ELSE clock_timestamp() END,
+       CASE WHEN c.problem IS NULL THEN NULL
+            ELSE jsonb_build_object('error', c.problem, 'workflows', '[]'::jsonb) END
+FROM (SELECT x.*, coalesce(x.n, x.o) AS r, herald.capture_problem(coalesce(x.n, x.o), $6, $8) AS problem
+      FROM (SELECT u.i, u.op, u.origin,
+                   CASE WHEN u.o IS NOT NULL THEN to_jsonb(jsonb_populate_record(NULL::{table}, u.o::jsonb)) END AS o,
+                   CASE WHEN u.n IS NOT NULL THEN to_jsonb(jsonb_populate_record(NULL::{table}, u.n::jsonb)) END AS n
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[]) AS u(op, o, n, origin, i)
+            OFFSET 0) AS x
+      WHERE x.op <> 'UPDATE' OR x.o IS DISTINCT FROM x.n) AS c
+ORDER BY c.i
+"""
+
+
+# -- pgoutput, protocol version 1 ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Relation:
+    schema: str
+    name: str
+    columns: tuple[tuple[str, int], ...]  # (name, type oid)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class Change:
+    relation: Relation
+    operation: str  # INSERT, UPDATE, DELETE
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+
+
+@dataclass
+class Transaction:
+    end_lsn: int
+    origin_run: int | None = None
+    changes: list[Change] = field(default_factory=list)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def byte(self) -> str:
+        self.at += 1
+        return chr(self.data[self.at - 1])
+
+    def unpack(self, fmt: str) -> Any:
+        (value,) = struct.unpack_from(fmt, self.data, self.at)
+        self.at += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        end = self.data.index(0, self.at)
+        text = self.data[self.at:end].decode()
+        self.at = end + 1
+        return text
+
+    def take(self, n: int) -> bytes:
+        self.at += n
+        return self.data[self.at - n:self.at]
+
+
+def _tuple(reader: _Reader, relation: Relation) -> tuple[dict[str, Any], set[str]]:
+    """A row's columns (json parsed, NULL as None) and the names of those the log left out."""
+    row: dict[str, Any] = {}
+    unchanged = set()
+    for name, type_oid in relation.columns[:reader.unpack(">h")]:
+        kind = reader.byte()
+        if kind == "n":
+            row[name] = None
+        elif kind == "u":
+            unchanged.add(name)
+        else:  # 't' text ('b' binary is only sent when asked for)
+            text = reader.take(reader.unpack(">i")).decode()
+            row[name] = json.loads(text) if type_oid in JSON_TYPES else text
+    return row, unchanged
+
+
+def parse(messages: list[bytes], relations: dict[int, Relation]) -> list[Transaction]:
+    """The committed transactions in pgoutput messages, each with its changes.
+
+    ``relations``: the tables described so far, which the server describes once
+    per stream (or peek), before their first change; kept across calls.
+    """
+    done: list[Transaction] = []
+    current: Transaction | None = None
+    for data in messages:
+        reader = _Reader(data)
+        kind = reader.byte()
+        if kind == "B":
+            current = Transaction(end_lsn=0)
+        elif kind == "C":
+            reader.unpack(">b")
+            reader.unpack(">q")  # the commit's own LSN
+            if current is not None:
+                current.end_lsn = reader.unpack(">q")
+                done.append(current)
+            current = None
+        elif kind == "R":
+            relid = reader.unpack(">I")
+            schema, name = reader.string(), reader.string()
+            reader.unpack(">b")  # replica identity
+            columns = []
+            for _ in range(reader.unpack(">h")):
+                reader.unpack(">b")
+                column = reader.string()
+                columns.append((column, reader.unpack(">I")))
+                reader.unpack(">i")
+            relations[relid] = Relation(schema, name, tuple(columns))
+        elif kind == "M":
+            transactional = reader.unpack(">b") & 1
+            reader.unpack(">q")
+            prefix = reader.string()
+            content = reader.take(reader.unpack(">i")).decode()
+            if transactional and current is not None and prefix == ORIGIN_PREFIX and content.isdigit():
+                current.origin_run = int(content)
+        elif kind in "IUD" and current is not None:
+            relation = relations[reader.unpack(">I")]
+            old = new = None
+            marker = reader.byte()
+            if marker in "KO":
+                old, _ = _tuple(reader, relation)
+                marker = reader.byte() if kind == "U" else ""
+            if marker == "N":
+                new, unchanged = _tuple(reader, relation)
+                for name in unchanged:  # left out of the new row: as it was
+                    new[name] = (old or {}).get(name)
+            operation = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}[kind]
+            current.changes.append(Change(relation, operation, old, new))
+        # Y (type), O (origin), T (truncate: not an event, as for the trigger): nothing to do
+    return done
+
+
+# -- the reader --------------------------------------------------------------------
+
+class WalCapture:
+    """Streams the slot while a table is captured from the WAL (looked for every
+    ``interval_s``), writing each transaction's changes as events as it arrives."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, *, interval_s: float, on_events: Callable[[], None]) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self.interval_s = interval_s
+        self.on_events = on_events
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop_started("wal capture", self.interval_s)
+        while not stop.is_set():
+            try:
+                state = await self.pool.fetchrow(STATE)
+                if state is not None and state["in_use"]:
+                    await self.stream(state["slot_name"], state["publication"], stop)
+                elif state is not None:
+                    await self.read()  # what is left, then the slot goes
+            except asyncpg.ObjectInUseError:
+                pass  # another daemon is reading the slot: this one stands by
+            except STREAM_ERRORS as exc:
+                if "is active for PID" not in str(exc):  # else: another daemon streams it
+                    log.warning("the replication stream failed; will try again", error=str(exc).strip())
+            except OUTAGES as exc:
+                log.warning("reading the replication slot failed; will try again", error=str(exc))
+            loop_passed("wal capture")
+            await sleep_until_stopped(stop, self.interval_s)
+
+    async def stream(self, slot: str, publication: str, stop: asyncio.Event) -> None:
+        """Write the slot's transactions as they arrive, until ``stop`` or no table
+        is captured from the WAL any more."""
+        stream = await ReplicationStream.open(self.dsn, slot, publication)
+        relations: dict[int, Relation] = {}
+        log.info("streaming changes from the WAL", slot=slot)
+        try:
+            looked = time.monotonic()
+            while not stop.is_set():
+                await stream.wait(self.interval_s, stop)
+                messages = stream.take()
+                if messages:
+                    transactions = await self._parse(messages, relations)
+                    async with self.pool.acquire() as conn:
+                        written = await self._write(conn, slot, transactions)
+                    stream.confirm(transactions[-1].end_lsn)
+                    if written:
+                        self.on_events()
+                loop_passed("wal capture")
+                if time.monotonic() - looked >= self.interval_s:
+                    looked = time.monotonic()
+                    if not await self.pool.fetchval(IN_USE):
+                        return
+        finally:
+            stream.close()
+
+    async def _parse(self, messages: list[bytes], relations: dict[int, Relation]) -> list[Transaction]:
+        # A bulk write's thousands of rows are parsed off the event loop, which goes
+        # on listening and dispatching meanwhile.
+        if len(messages) > PARSE_IN_THREAD:
+            return await asyncio.to_thread(parse, messages, relations)
+        return parse(messages, relations)
+
+    async def read(self) -> int:
+        """Write the slot's unread changes as events and advance it; return how many events."""
+        total = 0
+        while True:
+            async with self.pool.acquire() as conn:
+                state = await conn.fetchrow(STATE)
+                if state is None:
+                    return total
+                try:
+                    rows = await conn.fetch(PEEK, state["slot_name"], state["upto"], MAX_CHANGES,
+                                            state["publication"])
+                except asyncpg.ObjectInUseError:
+                    return total  # another daemon is reading it
+                transactions = await self._parse([bytes(row["data"]) for row in rows], {})
+                loop_passed("wal capture")
+                complete = len(rows) < MAX_CHANGES
+                written = await self._write(conn, state["slot_name"], transactions) if transactions else 0
+                total += written
+                # Everything that committed before `upto` was read when the peek was not cut short.
+                upto = state["upto"] if complete else transactions[-1].end_lsn
+                try:
+                    await conn.execute(ADVANCE, state["slot_name"], upto)
+                except asyncpg.ObjectInUseError:
+                    pass  # another daemon is reading it: it advances it, or the next read does
+                if written:
+                    self.on_events()
+                if complete:
+                    if not state["in_use"]:
+                        await self._drop_unused(conn, state["slot_name"])
+                    return total
+
+    async def _drop_unused(self, conn: asyncpg.Connection, slot: str) -> None:
+        async with conn.transaction():
+            await conn.execute(LOCK_UNUSED, slot)
+            dropped = await conn.fetch(DROP_UNUSED, slot)
+        if dropped:
+            log.info("replication slot dropped: no table is captured from the WAL", slot=slot)
+
+    async def _write(self, conn: asyncpg.Connection, slot: str, transactions: list[Transaction]) -> int:
+        written = 0
+        async with conn.transaction():
+            read_lsn = await conn.fetchval(LOCK_STATE, slot)
+            after = read_lsn if read_lsn is not None else -1
+            fresh = [t for t in transactions if t.end_lsn > after]
+            if not fresh:
+                return 0
+            watched = {row["table_name"]: row for row in await conn.fetch(WATCHED)}
+            for table, group in _runs(fresh):
+                config = watched.get(table)
+                if config is None:
+                    log.warning("changes of a table no longer watched are not events", table=table,
+                                changes=len(group))
+                    continue
+                for start in range(0, len(group), INSERT_CHUNK):
+                    columns: list[list[Any]] = [[], [], [], [], []]
+                    for i, (change, origin) in enumerate(group[start:start + INSERT_CHUNK]):
+                        for column, value in zip(columns, (
+                                change.operation, _json(change.old), _json(change.new), origin, i)):
+                            column.append(value)
+                    status = await conn.execute(
+                        INSERT_EVENTS.format(table=quote_qualified(table)), *columns,
+                        config["tenant_column"], config["entity"], table, config["id_column"])
+                    written += int(status.rpartition(" ")[2])
+                    loop_passed("wal capture")  # a bulk write's events take a while: not stuck
+            await conn.execute(SET_READ, slot, fresh[-1].end_lsn)
+        if written:
+            log.debug("changes read from the WAL", events=written, transactions=len(fresh))
+        return written
+
+
+def _runs(transactions: list[Transaction]) -> list[tuple[str, list[tuple[Change, int | None]]]]:
+    """The changes in order, in runs of one table each (one INSERT per run)."""
+    runs: list[tuple[str, list[tuple[Change, int | None]]]] = []
+    for transaction in transactions:
+        for change in transaction.changes:
+            table = change.relation.qualified
+            if not runs or runs[-1][0] != table:
+                runs.append((table, []))
+            runs[-1][1].append((change, transaction.origin_run))
+    return runs
+
+
+def _json(row: dict[str, Any] | None) -> str | None:
+    return None if row is None else json.dumps(row)

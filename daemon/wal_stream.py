@@ -1,0 +1,114 @@
+"""A logical replication stream on the daemon's event loop: the database's slot,
+streamed by the server as transactions commit (``START_REPLICATION``, the
+built-in ``pgoutput`` plugin), read without blocking (psycopg2's asynchronous
+replication connection, its socket watched by the event loop).
+
+asyncpg does not speak the replication protocol; libpq does, through
+psycopg2. The server sends each transaction once it has committed and been
+flushed, so a change reaches the daemon a moment after its commit, with no
+trigger and no notification. What the daemon has written as events it
+confirms (``flush_lsn``); psycopg2 reports that to the server every
+``STATUS_INTERVAL_S`` and answers its keepalives, and the server keeps the
+WAL from there on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2.extras import LogicalReplicationConnection
+
+STATUS_INTERVAL_S = 10
+
+# Errors of the replication connection: lost, refused, or the slot in use by another daemon.
+STREAM_ERRORS: tuple[type[Exception], ...] = (psycopg2.Error, OSError)
+
+
+class ReplicationStream:
+    """The messages of a slot, collected as they arrive; whole transactions are taken."""
+
+    def __init__(self, conn: psycopg2.extensions.connection) -> None:
+        self.conn = conn
+        self.cursor: psycopg2.extras.ReplicationCursor | None = None  # once connected
+        self.messages: list[bytes] = []
+        self.complete = 0  # messages up to the end of the last transaction received whole
+        self.error: Exception | None = None
+        self._arrived = asyncio.Event()
+        self._fd = conn.fileno()
+
+    @classmethod
+    async def open(cls, dsn: str, slot: str, publication: str) -> ReplicationStream:
+        conn = psycopg2.connect(dsn, connection_factory=LogicalReplicationConnection, async_=True,
+                                application_name="herald-wal-capture")
+        stream = cls(conn)
+        try:
+            await _ready(conn)
+            stream.cursor = conn.cursor()
+            stream.cursor.start_replication(
+                slot_name=slot, decode=False, status_interval=STATUS_INTERVAL_S,
+                options={"proto_version": "1", "publication_names": publication, "messages": "true"})
+            await _ready(conn)
+        except BaseException:
+            conn.close()
+            raise
+        asyncio.get_running_loop().add_reader(stream._fd, stream._readable)
+        return stream
+
+    def _readable(self) -> None:
+        try:
+            while (message := self.cursor.read_message()) is not None:
+                self.messages.append(message.payload)
+                if message.payload[:1] == b"C":  # a commit: its transaction is whole
+                    self.complete = len(self.messages)
+                    self._arrived.set()
+        except STREAM_ERRORS as exc:
+            self.error = exc
+            self._arrived.set()
+
+    async def wait(self, timeout: float, stop: asyncio.Event) -> None:
+        """Until a transaction has arrived whole, ``stop`` is set or ``timeout``; raises
+        if the stream broke."""
+        waiters = [asyncio.ensure_future(self._arrived.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self._arrived.clear()
+        if self.error is not None:
+            raise self.error
+
+    def take(self) -> list[bytes]:
+        """The messages of the transactions received whole, in order (the rest stay)."""
+        taken, self.messages = self.messages[:self.complete], self.messages[self.complete:]
+        self.complete = 0
+        return taken
+
+    def confirm(self, lsn: int) -> None:
+        """Everything up to ``lsn`` is written: the server may let its WAL go."""
+        self.cursor.send_feedback(flush_lsn=lsn)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._fd)
+        self.conn.close()
+
+
+async def _ready(conn: psycopg2.extensions.connection) -> None:
+    """Drive an asynchronous psycopg2 connection until its operation is done."""
+    loop = asyncio.get_running_loop()
+    fd = conn.fileno()
+    while True:
+        state = conn.poll()
+        if state == psycopg2.extensions.POLL_OK:
+            return
+        waiter: asyncio.Future[None] = loop.create_future()
+        add, remove = ((loop.add_reader, loop.remove_reader) if state == psycopg2.extensions.POLL_READ
+                       else (loop.add_writer, loop.remove_writer))
+        add(fd, lambda: waiter.done() or waiter.set_result(None))
+        try:
+            await waiter
+        finally:
+            remove(fd)
