@@ -11,7 +11,8 @@ Mailgun-like email and a Telnyx-like SMS provider answering after --delay-ms
 (``tests.bench.provider``). The worker sends through Herald's real ``mailgun``
 and ``telnyx`` providers. Each event is the demo's "Job Completed" workflow
 (an email, then an SMS; with --together, the SMS starts with the email), dedupe
-off, ``HERALD_RECIPIENT_LIMIT=0``. Every job is
+off, the jobs table captured by its trigger (with --capture wal, read from the
+write-ahead log), ``HERALD_RECIPIENT_LIMIT=0``. Every job is
 completed in its own transaction (one ``UPDATE jobs SET status = 'completed'``).
 
 Each run, on a fresh database:
@@ -33,13 +34,16 @@ max      --connections connections complete --events jobs as fast as they can;
 checks   from the providers' records: every job got exactly one email and one
          SMS (duplicates = extra requests for a job and channel, whatever their
          idempotency key; missing = jobs with none), and no run failed.
-overhead the capture trigger's write cost, without Herald running: a copy of
-         the demo's jobs table with --overhead-rows rows watched the way
+overhead the capture's write cost, without Herald running: copies of the
+         demo's jobs table with --overhead-rows rows, one watched the way
          ``herald watch`` does it (``daemon.capture.watch_table``, the real
-         trigger) and an identical unwatched copy; one UPDATE of every row, then
-         --overhead-singles single-row UPDATEs each in its own commit (watched
-         and unwatched interleaved, so noise hits both alike); and a count of
-         herald.events rows for the watched table (every changed row must be one).
+         trigger), one watched with ``--capture wal`` (REPLICA IDENTITY FULL,
+         the replication slot), and one unwatched; one
+         UPDATE of every row, then --overhead-singles single-row UPDATEs each in
+         its own commit (the three interleaved, so noise hits all alike); the
+         daemon's reader's time to turn the bulk UPDATE into events
+         (``daemon.wal_capture``); and a count of herald.events rows for each
+         watched table (every changed row must be one).
 
 Prints a markdown table of the medians over --runs (with each run's value) and
 writes everything, per run and median, to --json. A full default run takes
@@ -65,11 +69,12 @@ from typing import Any
 
 import redis
 
-from config.database import connect, connection, migrate
+from config.database import connect, connection, create_pool, migrate
 from config.embedded_layout import EmbeddedLayout
 from daemon.capture import Relation, watch_table
-from daemon.demo import load_demo
+from daemon.demo import WATCHES, load_demo
 from daemon.embedded import EmbeddedServers
+from daemon.wal_capture import WalCapture
 from tests.bench import procstat
 from tests.e2e.conftest import Processes, running_herald
 
@@ -155,10 +160,13 @@ def db_url(layout: EmbeddedLayout, name: str) -> str:
     return layout.database_url.replace("/herald?", f"/{name}?")
 
 
-async def fresh(layout: EmbeddedLayout, name: str, *, together: bool = False) -> str:
+async def fresh(layout: EmbeddedLayout, name: str, *, together: bool = False, capture: str = "trigger") -> str:
     """A new database with Herald's schema and the demo app (watched, job-completed workflow, dedupe off;
-    ``together``: its SMS starts with its email)."""
+    ``together``: its SMS starts with its email; ``capture``: how jobs is captured)."""
     async with connection(layout.database_url) as admin:
+        # A replication slot (--capture wal) would keep the database from being dropped.
+        await admin.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                            " WHERE database = $1", name)
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.execute(f"CREATE DATABASE {name}")
     url = db_url(layout, name)
@@ -166,6 +174,9 @@ async def fresh(layout: EmbeddedLayout, name: str, *, together: bool = False) ->
         await migrate(conn)
         await load_demo(conn)
         await conn.execute("UPDATE herald.workflows SET definition = definition || '{\"dedupe\": {\"window_s\": 0}}'")
+        if capture != "trigger":
+            await watch_table(conn, "jobs", tenant_column="organization_id", relations=dict(WATCHES)["jobs"],
+                              capture=capture)
         if together:
             await conn.execute(
                 "UPDATE herald.workflows SET definition = jsonb_set(definition, '{steps,1,with_previous}', 'true')")
@@ -308,7 +319,7 @@ async def herald_run(layout: EmbeddedLayout, servers: EmbeddedServers, provider:
                      args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Idle, rate and max phases against one daemon + worker on a fresh database."""
     redis.Redis.from_url(layout.redis_url).flushall()  # nothing left over from an earlier run
-    url = await fresh(layout, "bench_run", together=args.together)
+    url = await fresh(layout, "bench_run", together=args.together, capture=args.capture)
     async with connection(url) as conn:
         rate_ids = await add_jobs(conn, "r", int(args.rate * args.seconds)) if not args.skip_rate else []
         max_ids = await add_jobs(conn, "m", args.events) if not args.skip_max else []
@@ -362,39 +373,52 @@ async def herald_run(layout: EmbeddedLayout, servers: EmbeddedServers, provider:
 
 
 async def overhead(layout: EmbeddedLayout, rows: int, singles: int) -> dict[str, Any]:
-    """The capture trigger's cost on writes: a watched copy of the jobs table vs an unwatched one."""
+    """The capture's cost on writes: a watched copy of the jobs table (by trigger, and
+    from the WAL) vs an unwatched one; and the daemon's time to read the WAL's bulk update."""
     print(f"  overhead: {rows} rows, {singles} single-row commits", file=sys.stderr, flush=True)
     url = await fresh(layout, "bench_overhead")
+    tables = ("bench_unwatched", "bench_watched", "bench_wal")
     async with connection(url) as conn:
-        for table in ("bench_watched", "bench_unwatched"):
+        for table in tables:
             await conn.execute(JOB_DDL.format(name=table))
             await conn.execute(f"INSERT INTO {table} (organization_id, client_id, title)"
                                " SELECT 1, 1 + g % 3, 'job ' || g FROM generate_series(1, $1) g", rows)
             await conn.execute(f"VACUUM ANALYZE {table}")
         watched = await watch_table(conn, "bench_watched", tenant_column="organization_id",
                                     relations=JOB_RELATIONS)
+        from_wal = await watch_table(conn, "bench_wal", tenant_column="organization_id",
+                                     relations=JOB_RELATIONS, capture="wal")
+        pool = await create_pool(url, min_size=1, max_size=2)
+        reader = WalCapture(pool, url, interval_s=60, on_events=lambda: None)
         await conn.execute("CHECKPOINT")
         out: dict[str, Any] = {"rows": rows, "singles": singles}
-        for table in ("bench_unwatched", "bench_watched"):
+        for table in tables:
             started = time.perf_counter()
             await conn.execute(f"UPDATE {table} SET status = 'completed', updated_at = now()")
             out[f"bulk_{table.removeprefix('bench_')}_s"] = time.perf_counter() - started
-        out["bulk_overhead_x"] = out["bulk_watched_s"] / out["bulk_unwatched_s"]
+        started = time.perf_counter()
+        out["wal_read_events"] = await reader.read()
+        out["wal_read_s"] = time.perf_counter() - started
+        for kind in ("watched", "wal"):
+            out[f"bulk_{kind}_x"] = out[f"bulk_{kind}_s"] / out["bulk_unwatched_s"]
         ids = random.Random(13).sample(range(1, rows + 1), singles)
-        spent = {"bench_watched": 0.0, "bench_unwatched": 0.0}
+        spent = dict.fromkeys(tables, 0.0)
         for i, job in enumerate(ids):
-            # Alternate which goes first, so that neither always follows the other's commit.
-            order = ("bench_watched", "bench_unwatched") if i % 2 else ("bench_unwatched", "bench_watched")
-            for table in order:
+            # Rotate which goes first, so that none always follows another's commit.
+            for table in tables[i % 3:] + tables[:i % 3]:
                 started = time.perf_counter()
                 await conn.execute(f"UPDATE {table} SET status = 'scheduled', updated_at = now() WHERE id = $1", job)
                 spent[table] += time.perf_counter() - started
-        out["single_unwatched_ms"] = spent["bench_unwatched"] * 1000 / singles
-        out["single_watched_ms"] = spent["bench_watched"] * 1000 / singles
-        out["single_overhead_ms"] = out["single_watched_ms"] - out["single_unwatched_ms"]
+        for table in tables:
+            out[f"single_{table.removeprefix('bench_')}_ms"] = spent[table] * 1000 / singles
+        for kind in ("watched", "wal"):
+            out[f"single_{kind}_extra_ms"] = out[f"single_{kind}_ms"] - out["single_unwatched_ms"]
+        out["wal_read_events"] += await reader.read()
+        await pool.close()
         out["events_expected"] = rows + singles
-        out["events_found"] = await conn.fetchval("SELECT count(*) FROM herald.events WHERE entity = $1",
-                                                  watched.entity)
+        for kind, table in (("events_found", watched), ("wal_events_found", from_wal)):
+            out[kind] = await conn.fetchval("SELECT count(*) FROM herald.events WHERE entity = $1", table.entity)
+        await conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM herald.wal_capture")
     async with connection(layout.database_url) as admin:
         await admin.execute("DROP DATABASE bench_overhead WITH (FORCE)")
     return out
@@ -436,12 +460,17 @@ ROWS: list[tuple[str, str, str]] = [
     ("checks.failed_runs", "failed runs", "{:.0f}"),
     ("overhead.bulk_unwatched_s", "overhead: bulk UPDATE of all rows, unwatched (s)", "{:.2f}"),
     ("overhead.bulk_watched_s", "overhead: bulk UPDATE of all rows, watched (s)", "{:.2f}"),
-    ("overhead.bulk_overhead_x", "overhead: bulk, watched / unwatched", "{:.2f}"),
+    ("overhead.bulk_watched_x", "overhead: bulk, watched / unwatched", "{:.2f}"),
+    ("overhead.bulk_wal_s", "overhead: bulk UPDATE of all rows, captured from the WAL (s)", "{:.2f}"),
+    ("overhead.bulk_wal_x", "overhead: bulk, captured from the WAL / unwatched", "{:.2f}"),
+    ("overhead.wal_read_s", "overhead: the daemon reading the bulk UPDATE from the WAL (s)", "{:.2f}"),
     ("overhead.single_unwatched_ms", "overhead: single-row UPDATE + commit, unwatched (ms)", "{:.3f}"),
     ("overhead.single_watched_ms", "overhead: single-row UPDATE + commit, watched (ms)", "{:.3f}"),
-    ("overhead.single_overhead_ms", "overhead: single-row, watched - unwatched (ms)", "{:.3f}"),
+    ("overhead.single_watched_extra_ms", "overhead: single-row, watched - unwatched (ms)", "{:.3f}"),
+    ("overhead.single_wal_extra_ms", "overhead: single-row, captured from the WAL - unwatched (ms)", "{:.3f}"),
     ("overhead.events_expected", "overhead: events expected (rows changed)", "{:.0f}"),
     ("overhead.events_found", "overhead: herald.events rows for the watched table", "{:.0f}"),
+    ("overhead.wal_events_found", "overhead: herald.events rows for the table captured from the WAL", "{:.0f}"),
 ]
 
 
@@ -500,6 +529,8 @@ async def main() -> None:
     parser.add_argument("--overhead-rows", type=int, default=100_000, help="capture overhead table (default 100000)")
     parser.add_argument("--overhead-singles", type=int, default=2000,
                         help="capture overhead: single-row commits per table (default 2000)")
+    parser.add_argument("--capture", choices=("trigger", "wal"), default="trigger",
+                        help="how the jobs table is captured in the rate and max phases (default trigger)")
     parser.add_argument("--together", action="store_true",
                         help="the workflow's SMS starts together with its email (\"with_previous\")")
     parser.add_argument("--skip-rate", action="store_true")
@@ -540,13 +571,14 @@ async def main() -> None:
     keys = {key for flat in flats for key in flat}
     medians = {key: median([flat.get(key) for flat in flats]) for key in sorted(keys)}
     print(f"Herald benchmark: {args.runs} runs, provider delay {args.delay_ms:g} ms, "
-          f"{'email and SMS together' if args.together else 'email then SMS'}, "
+          f"{'email and SMS together' if args.together else 'email then SMS'}, capture by {args.capture}, "
           f"{args.processes} worker process(es), {args.connections} connections, "
           f"{time.monotonic() - started:.0f} s in all\n")
     print(table(flats, medians))
     ok = all(flat.get("checks.duplicates", 0) == 0 and flat.get("checks.missing", 0) == 0
              and flat.get("checks.failed_runs", 0) == 0
-             and flat.get("overhead.events_found") == flat.get("overhead.events_expected") for flat in flats)
+             and flat.get("overhead.events_found") == flat.get("overhead.events_expected")
+             and flat.get("overhead.wal_events_found") == flat.get("overhead.events_expected") for flat in flats)
     print(f"\nchecks: {'OK' if ok else 'FAILED'} (every job exactly one email and one SMS, no failed runs,"
           " every changed watched row an event)")
     if args.json:
