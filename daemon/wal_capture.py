@@ -68,13 +68,10 @@ PEEK = """
 SELECT lsn, data FROM pg_logical_slot_peek_binary_changes(
     $1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4, 'messages', 'true')
 """
-LOCK_STATE = "SELECT read_lsn FROM herald.wal_capture WHERE slot_name = $1 FOR UPDATE"
-SET_READ = "UPDATE herald.wal_capture SET read_lsn = $2::pg_lsn WHERE slot_name = $1"
 ADVANCE = """
 SELECT pg_replication_slot_advance(slot_name, greatest($2::pg_lsn, confirmed_flush_lsn))
 FROM pg_replication_slots WHERE slot_name = $1
 """
-WATCHED = "SELECT table_name, entity, id_column, tenant_column FROM herald.watched_tables"
 # No table captured from the WAL any more, and the slot read to its end: the slot
 # goes (a slot nobody reads keeps the server's WAL forever). The row is locked
 # first, as `herald watch --capture wal` locks it, so that the look at the
@@ -89,29 +86,58 @@ WITH gone AS (
 SELECT pg_drop_replication_slot(slot_name) FROM gone
 """
 
-# One table's changes, in order, as events: the capture trigger's INSERT with the
-# rows rebuilt from the log's text (config/migrations/019_capture_per_statement.sql).
-INSERT_EVENTS = """
-INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, old, new,
-                           origin_run_id, state, matched_at, match_report)
-SELECT CASE WHEN c.problem IS NULL THEN coalesce(c.r ->> $6, 'default') ELSE '' END,
-       $7, $8, c.r ->> $9, c.op,
-       $7 || '.' || CASE c.op WHEN 'INSERT' THEN 'created' WHEN 'UPDATE' THEN 'updated' ELSE 'deleted' END,
-       CASE WHEN pg_column_size(c.o) <= 16384 THEN c.o ELSE herald.event_row(c.o) END,
-       CASE WHEN pg_column_size(c.n) <= 16384 THEN c.n ELSE herald.event_row(c.n) END,
-       c.origin,
-       CASE WHEN c.problem IS NULL THEN 'pending' ELSE 'failed' END,
-       CASE WHEN c.problem IS NULL THEN NULL ELSE clock_timestamp() END,
-       CASE WHEN c.problem IS NULL THEN NULL
-            ELSE jsonb_build_object('error', c.problem, 'workflows', '[]'::jsonb) END
-FROM (SELECT x.*, coalesce(x.n, x.o) AS r, herald.capture_problem(coalesce(x.n, x.o), $6, $8) AS problem
-      FROM (SELECT u.i, u.op, u.origin,
-                   CASE WHEN u.o IS NOT NULL THEN to_jsonb(jsonb_populate_record(NULL::{table}, u.o::jsonb)) END AS o,
-                   CASE WHEN u.n IS NOT NULL THEN to_jsonb(jsonb_populate_record(NULL::{table}, u.n::jsonb)) END AS n
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[]) AS u(op, o, n, origin, i)
-            OFFSET 0) AS x
-      WHERE x.op <> 'UPDATE' OR x.o IS DISTINCT FROM x.n) AS c
-ORDER BY c.i
+# One table's changes, in order, as events, in one statement: the capture
+# trigger's INSERT with the rows rebuilt from the log's text
+# (config/migrations/019_capture_per_statement.sql). It locks the slot's row and
+# skips the changes of transactions that end at or before its read_lsn (written
+# already), and the last statement of a batch moves read_lsn to the batch's end
+# ($8, NULL for the others). A batch of one statement is one round trip.
+WRITE_EVENTS = """
+WITH state AS (
+    SELECT read_lsn FROM herald.wal_capture WHERE slot_name = $7 FOR UPDATE
+), cfg AS (
+    SELECT entity, id_column, tenant_column FROM herald.watched_tables WHERE table_name = $6
+), written AS (
+    INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, old, new,
+                               origin_run_id, state, matched_at, match_report)
+    SELECT CASE WHEN c.problem IS NULL THEN coalesce(c.r ->> cfg.tenant_column, 'default') ELSE '' END,
+           cfg.entity, $6, c.r ->> cfg.id_column, c.op,
+           cfg.entity || '.' || CASE c.op WHEN 'INSERT' THEN 'created' WHEN 'UPDATE' THEN 'updated'
+                                          ELSE 'deleted' END,
+           CASE WHEN pg_column_size(c.o) <= 16384 THEN c.o ELSE herald.event_row(c.o) END,
+           CASE WHEN pg_column_size(c.n) <= 16384 THEN c.n ELSE herald.event_row(c.n) END,
+           c.origin,
+           CASE WHEN c.problem IS NULL THEN 'pending' ELSE 'failed' END,
+           CASE WHEN c.problem IS NULL THEN NULL ELSE clock_timestamp() END,
+           CASE WHEN c.problem IS NULL THEN NULL
+                ELSE jsonb_build_object('error', c.problem, 'workflows', '[]'::jsonb) END
+    FROM cfg,
+         (SELECT x.*, coalesce(x.n, x.o) AS r,
+                 herald.capture_problem(coalesce(x.n, x.o), (SELECT tenant_column FROM cfg), $6) AS problem
+          FROM (SELECT u.i, u.op, u.origin,
+                       CASE WHEN u.o IS NOT NULL
+                            THEN to_jsonb(jsonb_populate_record(NULL::{table}, u.o::jsonb)) END AS o,
+                       CASE WHEN u.n IS NOT NULL
+                            THEN to_jsonb(jsonb_populate_record(NULL::{table}, u.n::jsonb)) END AS n
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::pg_lsn[])
+                     WITH ORDINALITY AS u(op, o, n, origin, lsn, i)
+                WHERE u.lsn > coalesce((SELECT read_lsn FROM state), '0/0'::pg_lsn)
+                OFFSET 0) AS x
+          WHERE x.op <> 'UPDATE' OR x.o IS DISTINCT FROM x.n) AS c
+    ORDER BY c.i
+    RETURNING 1
+), moved AS (
+    UPDATE herald.wal_capture SET read_lsn = $8
+    WHERE slot_name = $7 AND $8::pg_lsn IS NOT NULL AND (read_lsn IS NULL OR read_lsn < $8)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM written) AS written, EXISTS (SELECT 1 FROM cfg) AS watched,
+       (SELECT count(*) FROM moved) AS moved
+"""
+# Which of these tables exist (the statement above names the table's row type).
+EXISTING = """
+SELECT coalesce(array_agg(t), '{}') FROM unnest($1::text[]) AS t
+WHERE to_regclass(format('%I.%I', split_part(t, '.', 1), substr(t, strpos(t, '.') + 1))) IS NOT NULL
 """
 
 
@@ -249,6 +275,7 @@ class WalCapture:
         self.dsn = dsn
         self.interval_s = interval_s
         self.on_events = on_events
+        self._existing: set[str] = set()  # tables seen to exist (their row types rebuild the rows)
 
     async def run(self, stop: asyncio.Event) -> None:
         loop_started("wal capture", self.interval_s)
@@ -341,46 +368,60 @@ class WalCapture:
             log.info("replication slot dropped: no table is captured from the WAL", slot=slot)
 
     async def _write(self, conn: asyncpg.Connection, slot: str, transactions: list[Transaction]) -> int:
+        """Write the changes of ``transactions`` not written yet as events, and move read_lsn
+        to their end; one statement per table and chunk, in one transaction if several."""
+        runs = _runs(transactions)
+        unknown = {table for table, _ in runs} - self._existing
+        if unknown:
+            self._existing |= set(await conn.fetchval(EXISTING, sorted(unknown)))
+        statements = []
+        for table, group in runs:
+            if table not in self._existing:  # dropped since: its changes cannot be rebuilt
+                log.warning("changes of a table that no longer exists are not events", table=table,
+                            changes=len(group))
+                continue
+            statements += [(table, group[start:start + INSERT_CHUNK]) for start in range(0, len(group), INSERT_CHUNK)]
+        if not statements:
+            return 0
+        try:
+            if len(statements) == 1:
+                return await self._statements(conn, slot, statements, transactions[-1].end_lsn)
+            async with conn.transaction():
+                return await self._statements(conn, slot, statements, transactions[-1].end_lsn)
+        except asyncpg.UndefinedTableError:
+            self._existing.clear()  # dropped meanwhile: the next attempt looks again
+            raise
+
+    async def _statements(self, conn: asyncpg.Connection, slot: str,
+                          statements: list[tuple[str, list[tuple[Change, int | None, int]]]], end_lsn: int) -> int:
         written = 0
-        async with conn.transaction():
-            read_lsn = await conn.fetchval(LOCK_STATE, slot)
-            after = read_lsn if read_lsn is not None else -1
-            fresh = [t for t in transactions if t.end_lsn > after]
-            if not fresh:
-                return 0
-            watched = {row["table_name"]: row for row in await conn.fetch(WATCHED)}
-            for table, group in _runs(fresh):
-                config = watched.get(table)
-                if config is None:
-                    log.warning("changes of a table no longer watched are not events", table=table,
-                                changes=len(group))
-                    continue
-                for start in range(0, len(group), INSERT_CHUNK):
-                    columns: list[list[Any]] = [[], [], [], [], []]
-                    for i, (change, origin) in enumerate(group[start:start + INSERT_CHUNK]):
-                        for column, value in zip(columns, (
-                                change.operation, _json(change.old), _json(change.new), origin, i)):
-                            column.append(value)
-                    status = await conn.execute(
-                        INSERT_EVENTS.format(table=quote_qualified(table)), *columns,
-                        config["tenant_column"], config["entity"], table, config["id_column"])
-                    written += int(status.rpartition(" ")[2])
-                    loop_passed("wal capture")  # a bulk write's events take a while: not stuck
-            await conn.execute(SET_READ, slot, fresh[-1].end_lsn)
+        for n, (table, chunk) in enumerate(statements):
+            columns: list[list[Any]] = [[], [], [], [], []]
+            for change, origin, lsn in chunk:
+                for column, value in zip(columns, (change.operation, _json(change.old), _json(change.new),
+                                                   origin, lsn)):
+                    column.append(value)
+            row = await conn.fetchrow(WRITE_EVENTS.format(table=quote_qualified(table)), *columns, table, slot,
+                                      end_lsn if n == len(statements) - 1 else None)
+            if not row["watched"]:
+                log.warning("changes of a table no longer watched are not events", table=table, changes=len(chunk))
+            written += row["written"]
+            loop_passed("wal capture")  # a bulk write's events take a while: not stuck
         if written:
-            log.debug("changes read from the WAL", events=written, transactions=len(fresh))
+            log.debug("changes read from the WAL", events=written)
         return written
 
 
-def _runs(transactions: list[Transaction]) -> list[tuple[str, list[tuple[Change, int | None]]]]:
-    """The changes in order, in runs of one table each (one INSERT per run)."""
-    runs: list[tuple[str, list[tuple[Change, int | None]]]] = []
+def _runs(transactions: list[Transaction]) -> list[tuple[str, list[tuple[Change, int | None, int]]]]:
+    """The changes in order, in runs of one table each, each with its transaction's
+    origin run and end."""
+    runs: list[tuple[str, list[tuple[Change, int | None, int]]]] = []
     for transaction in transactions:
         for change in transaction.changes:
             table = change.relation.qualified
             if not runs or runs[-1][0] != table:
                 runs.append((table, []))
-            runs[-1][1].append((change, transaction.origin_run))
+            runs[-1][1].append((change, transaction.origin_run, transaction.end_lsn))
     return runs
 
 

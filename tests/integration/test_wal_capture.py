@@ -272,3 +272,18 @@ async def test_the_doctor_checks_the_slot_and_each_table_captured_from_the_wal(
     assert [f.level for f in await doctor.trigger_findings(conn) + await doctor.wal_findings(conn)] == ["ok", "ok"]
     await conn.execute("INSERT INTO jobs (org, title) VALUES ('acme', 'after the repair')")
     assert await capture.read() == 1
+
+
+async def test_a_table_dropped_before_its_changes_were_read_does_not_hold_up_the_others(
+    conn: asyncpg.Connection, capture: WalCapture
+) -> None:
+    for name in ("jobs", "visits"):
+        await conn.execute(TABLE.format(name=name))
+        await watch_table(conn, name, tenant_column="org", capture="wal")
+    await conn.execute("INSERT INTO visits (org, title) VALUES ('acme', 'gone before it was read')")
+    await conn.execute("INSERT INTO jobs (org, title) VALUES ('acme', 'kept')")
+    await conn.execute("DROP TABLE visits")
+    assert await capture.read() == 1
+    assert [r["new"]["title"] for r in await conn.fetch(EVENTS, "public.jobs")] == ["kept"]
+    await conn.execute("INSERT INTO jobs (org, title) VALUES ('acme', 'after')")
+    assert await capture.read() == 1
