@@ -185,29 +185,36 @@ async def _create_runs(conn: asyncpg.Connection, candidates: list[Candidate]) ->
     """Insert a run per candidate: pending, or skipped with the reason it duplicates another."""
     if not candidates:
         return []
-    # Two batches with changes to the same record must not both decide "no duplicate":
-    # serialise them per (workflow, record) until this transaction ends. Sorted: no deadlock.
-    records = sorted({f"{c.workflow_id}:{c.event['entity']}:{c.event['row_id']}"
-                      for c in candidates if c.dedupe_key})
-    if records:
-        await conn.execute(store.LOCK_RECORDS, records)
-    longest = max(max(c.spec.dedupe.window, c.spec.dedupe.once_per or dt.timedelta(0)) for c in candidates)
+    # Only workflows that prevent duplicates (a window, or once_per) look at earlier
+    # runs; the others' keys are still recorded, for when they start to.
+    checked = [c for c in candidates if c.spec.dedupe.prevents_duplicates]
     earlier: dict[Any, list[tuple[str | None, str | None, dt.datetime]]] = defaultdict(list)
-    recent = await conn.fetch(
-        store.RECENT_RUNS, sorted({c.workflow_id for c in candidates}),
-        [c.dedupe_key for c in candidates if c.dedupe_key],
-        [c.once_key for c in candidates if c.once_key], longest.total_seconds(),
-    )
-    now = recent[0]["now"]
-    for row in recent:
-        if row["workflow_id"] is not None:
-            earlier[row["workflow_id"]].append((row["dedupe_key"], row["once_key"], row["created_at"]))
+    now = None
+    if checked:
+        # Two batches with changes to the same record must not both decide "no duplicate":
+        # serialise them per (workflow, record) until this transaction ends. Sorted: no deadlock.
+        records = sorted({f"{c.workflow_id}:{c.event['entity']}:{c.event['row_id']}"
+                          for c in checked if c.dedupe_key})
+        if records:
+            await conn.execute(store.LOCK_RECORDS, records)
+        longest = max(max(c.spec.dedupe.window, c.spec.dedupe.once_per or dt.timedelta(0)) for c in checked)
+        recent = await conn.fetch(
+            store.RECENT_RUNS, sorted({c.workflow_id for c in checked}),
+            [c.dedupe_key for c in checked if c.dedupe_key],
+            [c.once_key for c in checked if c.once_key], longest.total_seconds(),
+        )
+        now = recent[0]["now"]
+        for row in recent:
+            if row["workflow_id"] is not None:
+                earlier[row["workflow_id"]].append((row["dedupe_key"], row["once_key"], row["created_at"]))
     columns: list[list[Any]] = [[] for _ in range(8)]
     for c in candidates:
-        skip = dedupe.skip_reason(c.spec.dedupe, c.dedupe_key, c.once_key, earlier[c.workflow_id], now)
-        if skip is None:
-            # Later events of this batch are duplicates of this one.
-            earlier[c.workflow_id].append((c.dedupe_key, c.once_key, now))
+        skip = None
+        if now is not None and c.spec.dedupe.prevents_duplicates:
+            skip = dedupe.skip_reason(c.spec.dedupe, c.dedupe_key, c.once_key, earlier[c.workflow_id], now)
+            if skip is None:
+                # Later events of this batch are duplicates of this one.
+                earlier[c.workflow_id].append((c.dedupe_key, c.once_key, now))
         values = (c.event["tenant_id"], c.workflow_id, c.event["id"], {"reason": c.reason},
                   c.dedupe_key, c.once_key, "skipped" if skip else "pending", skip)
         for column, value in zip(columns, values):

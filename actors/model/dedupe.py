@@ -36,6 +36,11 @@ class DedupePolicy:
     window: dt.timedelta = dt.timedelta(seconds=DEFAULT_WINDOW_S)
     once_per: dt.timedelta | None = None
 
+    @property
+    def prevents_duplicates(self) -> bool:
+        """Whether runs are skipped at all: a window, or once_per (``window_s: 0`` alone turns it off)."""
+        return self.window > dt.timedelta(0) or self.once_per is not None
+
     @classmethod
     def from_config(cls, raw: Any, field: str = "dedupe") -> DedupePolicy:
         if raw is None:

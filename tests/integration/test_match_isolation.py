@@ -326,3 +326,17 @@ async def test_runs_a_match_message_starts_are_enriched_at_once_or_handed_to_the
     await match_actor.match([second])
     run = await conn.fetchrow("SELECT id, status FROM herald.runs WHERE event_id = $1", second)
     assert run["status"] == "pending" and sent == [("enrich", [run["id"]])] and len(started) == 1
+
+
+async def test_with_the_window_turned_off_the_same_change_twice_runs_twice(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
+) -> None:
+    await import_workflow(conn, "a", {**ANY_JOB_CHANGE, "dedupe": {"window_s": 0}})
+    await import_workflow(conn, "b", ANY_JOB_CHANGE)  # the default window: the second is a duplicate
+    events = [await job_event(conn, tenant, {"id": 1, "title": "same"}) for tenant in ("a", "a", "b", "b")]
+    async with pool.acquire() as worker:
+        outcome = await match_events(worker, events, cache)
+    assert (outcome.failed, len(outcome.started), outcome.skipped) == ([], 3, 1)
+    runs = await conn.fetch("SELECT tenant_id, status, dedupe_key IS NOT NULL AS keyed FROM herald.runs ORDER BY id")
+    assert [tuple(r) for r in runs] == [("a", "pending", True), ("a", "pending", True),
+                                        ("b", "pending", True), ("b", "skipped", True)]
