@@ -355,12 +355,13 @@ async def wal_findings(conn: asyncpg.Connection) -> list[Finding]:
                      " since are not events", rewatch)]
     findings = [fail(check, f"{table} is not published with REPLICA IDENTITY FULL: its changes are not"
                      " read whole", rewatch.replace(tables[0], table)) for table in state["unpublished"]]
-    retained = f"the slot {state['slot']} keeps {state['retained_bytes'] / (1 << 20):.0f} MB of WAL"
+    retained = f"it keeps {state['retained_bytes'] / (1 << 20):.0f} MB of WAL"
     if state["retained_bytes"] > WAL_RETAINED_WARN_BYTES:
-        findings.append(warn(check, f"{retained}: the daemon is down or behind (`herald status`)",
+        findings.append(warn(check, f"the slot {state['slot']}: {retained}, the daemon is down or behind"
+                             " (`herald status`)",
                              "start the daemon; set max_slot_wal_keep_size to bound what the server keeps"))
     if not findings:
-        findings.append(ok(check, f"{_count(len(tables), 'table')} read from slot {state['slot']}; {retained}"))
+        findings.append(ok(check, f"{_count(len(tables), 'table')} read from slot {state['slot']}, {retained}"))
     return findings
 
 

@@ -255,6 +255,11 @@ async def test_the_doctor_checks_the_slot_and_each_table_captured_from_the_wal(
     assert (triggers.level, triggers.reason) == ("ok", "installed and enabled on 1 watched table")
     [wal] = await doctor.wal_findings(conn)
     assert wal.level == "ok" and wal.reason.startswith("1 table read from slot herald_test_")
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(doctor, "WAL_RETAINED_WARN_BYTES", -1)  # as if the daemon had been down for long
+        [wal] = await doctor.wal_findings(conn)
+    assert wal.level == "warn" and wal.reason.endswith("of WAL, the daemon is down or behind (`herald status`)")
+    assert "max_slot_wal_keep_size" in wal.hint
 
     await conn.execute("ALTER TABLE jobs REPLICA IDENTITY DEFAULT")
     [wal] = await doctor.wal_findings(conn)
