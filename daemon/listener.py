@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 
 from config.database import DATABASE_ERRORS, connect
+from daemon.loops import wait_any
 from daemon.progress import loop_passed, loop_started
 
 log = structlog.get_logger(__name__)
@@ -44,7 +45,7 @@ async def listen(dsn: str, notified: Callable[[str], None], stop: asyncio.Event,
                 on_listening()
             loop_passed("listener")
             while not stop.is_set() and not lost.is_set():
-                await _wait_any(stop, lost, timeout=KEEPALIVE_S)
+                await wait_any(stop, lost, timeout=KEEPALIVE_S)
                 if not stop.is_set() and not lost.is_set():
                     await conn.execute("SELECT 1")  # keepalive: finds a dead link
                 loop_passed("listener")
@@ -55,14 +56,5 @@ async def listen(dsn: str, notified: Callable[[str], None], stop: asyncio.Event,
                 await conn.close()
         loop_passed("listener")  # an attempt that failed is progress too: it will try again
         if not stop.is_set():
-            await _wait_any(stop, timeout=backoff)
+            await wait_any(stop, timeout=backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
-
-
-async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

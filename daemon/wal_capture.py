@@ -58,10 +58,11 @@ PARSE_IN_THREAD = 500
 # not a string of it.
 JSON_TYPES = {114, 3802}
 
-IN_USE = "SELECT EXISTS (SELECT 1 FROM herald.watched_tables WHERE capture = 'wal')"
-STATE = """
-SELECT w.slot_name, w.publication, w.read_lsn, pg_current_wal_flush_lsn() AS upto,
-       EXISTS (SELECT 1 FROM herald.watched_tables WHERE capture = 'wal') AS in_use
+# Whether any table is captured from the WAL.
+_ANY_WAL_TABLE = "EXISTS (SELECT 1 FROM herald.watched_tables WHERE capture = 'wal')"
+IN_USE = f"SELECT {_ANY_WAL_TABLE}"
+STATE = f"""
+SELECT w.slot_name, w.publication, pg_current_wal_flush_lsn() AS upto, {_ANY_WAL_TABLE} AS in_use
 FROM herald.wal_capture w
 """
 PEEK = """
@@ -77,10 +78,10 @@ FROM pg_replication_slots WHERE slot_name = $1
 # first, as `herald watch --capture wal` locks it, so that the look at the
 # watched tables sees a table that such a command just switched.
 LOCK_UNUSED = "SELECT 1 FROM herald.wal_capture WHERE slot_name = $1 FOR UPDATE"
-DROP_UNUSED = """
+DROP_UNUSED = f"""
 WITH gone AS (
     DELETE FROM herald.wal_capture
-    WHERE slot_name = $1 AND NOT EXISTS (SELECT 1 FROM herald.watched_tables WHERE capture = 'wal')
+    WHERE slot_name = $1 AND NOT {_ANY_WAL_TABLE}
     RETURNING slot_name
 )
 SELECT pg_drop_replication_slot(slot_name) FROM gone

@@ -21,6 +21,8 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2.extras import LogicalReplicationConnection
 
+from daemon.loops import wait_any
+
 STATUS_INTERVAL_S = 10
 
 # Errors of the replication connection: lost, refused, or the slot in use by another daemon.
@@ -71,12 +73,7 @@ class ReplicationStream:
     async def wait(self, timeout: float, stop: asyncio.Event) -> None:
         """Until a transaction has arrived whole, ``stop`` is set or ``timeout``; raises
         if the stream broke."""
-        waiters = [asyncio.ensure_future(self._arrived.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await wait_any(self._arrived, stop, timeout=timeout)
         self._arrived.clear()
         if self.error is not None:
             raise self.error
