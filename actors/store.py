@@ -80,14 +80,20 @@ FROM (SELECT k FROM unnest($1::text[]) AS k ORDER BY k) AS sorted
 
 RUN_WORKFLOWS = "SELECT id, workflow_id FROM herald.runs WHERE id = ANY($1::bigint[])"
 
-# Delayed steps waiting on any of these (tenant, entity, row) records.
+# Delayed steps waiting on any of these (tenant, entity, row) records that an
+# event could cancel: those with a cancel_on, read from their own partial index
+# (steps_cancellable, migration 023) for these tenants only, so that the cost
+# follows what waits to be cancelled, not the tenants' history of runs.
 WAITING_ON_RECORDS = """
+WITH cancellable AS MATERIALIZED (
+    SELECT id, run_id, config FROM herald.steps
+    WHERE status = 'waiting' AND config ? 'cancel_on' AND tenant_id = ANY($1::text[])
+)
 SELECT s.id, s.run_id, s.config, r.tenant_id, r.event_id, e.entity, e.row_id
-FROM herald.steps s
+FROM cancellable s
 JOIN herald.runs r ON r.id = s.run_id AND r.status = 'running'
 JOIN herald.events e ON e.id = r.event_id
-WHERE s.status = 'waiting'
-  AND (r.tenant_id, e.entity, e.row_id) IN (
+WHERE (r.tenant_id, e.entity, e.row_id) IN (
       SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
 """
 

@@ -70,12 +70,16 @@ class Dispatcher:
 
     def notified(self, payload: str) -> None:
         """A notification on the outbox channel: new events (the capture trigger's),
-        or a match message matched (the match actor's, ``matched:`` and the
-        message's first event id), which wakes the dispatcher only while events
-        are held back behind it."""
+        which wake the dispatcher unless it is holding events back already (they
+        go with the held ones), or a match message matched (the match actor's,
+        ``matched:`` and the message's first event id), which wakes it only while
+        it is holding. Under load the trigger notifies once per commit: waking
+        for each while holding would ask PostgreSQL which messages are still
+        unmatched hundreds of times a second, for nothing."""
         kind, _, first_id = payload.partition(":")
         if kind != MATCHED_PAYLOAD:
-            self._wake.set()
+            if not self.holding:
+                self._wake.set()
             return
         if first_id.isdigit():
             self.in_flight = [m for m in self.in_flight if m.ids[0] != int(first_id)]
