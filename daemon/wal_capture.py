@@ -315,6 +315,8 @@ class WalCapture:
                     stream.confirm(transactions[-1].end_lsn)
                     if written:
                         self.on_events()
+                else:
+                    stream.confirm_idle()
                 loop_passed("wal capture")
                 if time.monotonic() - looked >= self.interval_s:
                     looked = time.monotonic()

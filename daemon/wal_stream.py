@@ -9,7 +9,9 @@ flushed, so a change reaches the daemon a moment after its commit, with no
 trigger and no notification. What the daemon has written as events it
 confirms (``flush_lsn``); psycopg2 reports that to the server every
 ``STATUS_INTERVAL_S`` and answers its keepalives, and the server keeps the
-WAL from there on.
+WAL from there on. While nothing arrives, the daemon confirms where the
+server has read up to (:meth:`ReplicationStream.confirm_idle`), so that
+writes to other tables do not make the server keep WAL for it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ReplicationStream:
         self.messages: list[bytes] = []
         self.complete = 0  # messages up to the end of the last transaction received whole
         self.error: Exception | None = None
+        self.confirmed = 0  # the furthest position confirmed to the server
         self._arrived = asyncio.Event()
         self._fd = conn.fileno()
 
@@ -86,7 +89,23 @@ class ReplicationStream:
 
     def confirm(self, lsn: int) -> None:
         """Everything up to ``lsn`` is written: the server may let its WAL go."""
-        self.cursor.send_feedback(flush_lsn=lsn)
+        self.confirmed = max(self.confirmed, lsn)
+        self.cursor.send_feedback(flush_lsn=self.confirmed)
+
+    def confirm_idle(self) -> None:
+        """Nothing received is waiting to be written: confirm up to where the server
+        has read the WAL, and ask it to say where that is now.
+
+        The server sends nothing for transactions that changed no published table,
+        and keeps all the WAL from the last position confirmed. Without this, an
+        application busy with tables Herald does not capture would make the server
+        keep its WAL for as long as the captured tables stay quiet. A transaction
+        that commits after that position is still sent: the server sends each at
+        its commit, and says where it has read only between them (its keepalive's
+        ``wal_end``)."""
+        if not self.messages:
+            self.confirmed = max(self.confirmed, self.cursor.wal_end)
+            self.cursor.send_feedback(flush_lsn=self.confirmed, reply=True)
 
     def close(self) -> None:
         asyncio.get_running_loop().remove_reader(self._fd)
