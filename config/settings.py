@@ -238,6 +238,7 @@ class _Environment(BaseSettings):
     health_queue_depth: AtLeastZero = _var("HERALD_HEALTH_QUEUE_DEPTH")
     health_dead_letters: AtLeastZero = _var("HERALD_HEALTH_DEAD_LETTERS")
     health_stuck_steps: AtLeastZero = _var("HERALD_HEALTH_STUCK_STEPS")
+    health_wal_unread_mb: AtLeastZero = _var("HERALD_HEALTH_WAL_UNREAD")
     email_provider: EmailProviderName = _var("HERALD_EMAIL_PROVIDER")
     sms_provider: SmsProviderName = _var("HERALD_SMS_PROVIDER")
     recipient_limit: RecipientLimit = _var("HERALD_RECIPIENT_LIMIT")
@@ -380,6 +381,7 @@ class Settings:
     health_queue_depth: int = 10_000  # messages waiting in one Dramatiq queue
     health_dead_letters: int = 0  # messages in the dead-letter queues
     health_stuck_steps: int = 0  # steps parked with an unknown outcome in the last day
+    health_wal_unread_mb: int = 1024  # WAL the daemon has not confirmed reading (capture from the WAL)
     # Which provider delivers each channel; "capture" stores and sends nothing.
     email_provider: str = "capture"  # capture | smtp | mailgun
     sms_provider: str = "capture"  # capture | telnyx | twilio

@@ -25,9 +25,9 @@ from daemon import health_reads as reads
 # Herald's Dramatiq queues, one per actor (see actors/).
 QUEUES = ("match", "enrich", "email", "sms", "webhook", "records")
 # The checks, in the order /health and `herald status` show them.
-HEALTH_CHECKS = ("database", "redis", "daemon", "workers", "outbox", "queues", "dead_letters",
+HEALTH_CHECKS = ("database", "redis", "daemon", "workers", "outbox", "wal_capture", "queues", "dead_letters",
                  "stuck_steps")
-DATABASE_CHECKS = ("database", "daemon", "workers", "outbox", "stuck_steps")
+DATABASE_CHECKS = ("database", "daemon", "workers", "outbox", "wal_capture", "stuck_steps")
 REDIS_CHECKS = ("redis", "queues", "dead_letters")
 
 # Runs and events that failed within the last $1 seconds (for `herald status`).
@@ -66,7 +66,7 @@ def redis_down(error: str) -> dict[str, dict[str, Any]]:
 async def database_checks(
     conn: asyncpg.Connection, settings: Settings, *, started: float | None = None
 ) -> dict[str, dict[str, Any]]:
-    """database, daemon, workers, outbox and stuck_steps: a query each on ``conn``.
+    """database, daemon, workers, outbox, wal_capture and stuck_steps: a query each on ``conn``.
 
     ``started`` (a ``time.monotonic()``) is when the caller began reaching the
     database, for ``elapsed_ms``; by default, now.
@@ -75,6 +75,7 @@ async def database_checks(
     beats = await reads.heartbeats(conn, liveness_s=settings.liveness_s)
     outbox = await reads.outbox_backlog(conn)
     stuck = await reads.stuck_steps(conn, liveness_s=settings.liveness_s, lease_s=settings.lease_s)
+    wal = await reads.wal_capture(conn)
     oldest = outbox["oldest_s"]
     daemons, workers = beats["daemon"], beats["worker"]
     return {
@@ -91,8 +92,29 @@ async def database_checks(
             "oldest_unmatched_s": None if oldest is None else round(oldest, 1),
             "max_unmatched": settings.health_backlog, "max_lag_s": settings.health_outbox_lag_s,
         },
+        "wal_capture": _wal_capture(wal, settings),
         "stuck_steps": {"ok": stuck["total"] <= settings.health_stuck_steps,
                         "max": settings.health_stuck_steps, **stuck},
+    }
+
+
+def _wal_capture(wal: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Passes with no table captured from the WAL; else the server must log enough to
+    decode (wal_level logical), the slot be there and usable, and the WAL the daemon
+    has not confirmed reading stay within HERALD_HEALTH_WAL_UNREAD (MB): past it, the
+    daemon is down or behind and the server keeps that WAL for it."""
+    if not wal["tables"]:
+        return {"ok": True, "tables": 0}
+    usable = wal["slot_exists"] and wal["wal_status"] != "lost"
+    unread_mb = None if wal["unread_bytes"] is None else round(wal["unread_bytes"] / (1 << 20), 1)
+    problem = ("wal_level is not logical" if wal["wal_level"] != "logical"
+               else "the replication slot was invalidated" if wal["slot_exists"] and not usable
+               else "the replication slot is missing" if not usable else None)
+    return {
+        "ok": problem is None and (unread_mb or 0) <= settings.health_wal_unread_mb,
+        "tables": wal["tables"], "slot": wal["slot"], "streaming": wal["streaming"],
+        "unread_mb": unread_mb, "max_unread_mb": settings.health_wal_unread_mb,
+        **({"problem": problem} if problem else {}),
     }
 
 
@@ -110,6 +132,18 @@ async def redis_checks(client: aioredis.Redis, settings: Settings) -> dict[str, 
                          "total": sum(dead.values()), "max": settings.health_dead_letters,
                          "by_queue": dead},
     }
+
+
+def wal_capture_detail(check: dict[str, Any]) -> str:
+    """The wal_capture check in a few words, for `herald status` and the overview page."""
+    if not check["tables"]:
+        return "no table captured from the WAL"
+    tables = f"{check['tables']} table{'s' if check['tables'] != 1 else ''}"
+    if "problem" in check:
+        return f"{tables}: {check['problem']} (`herald doctor` says what to do)"
+    state = "streaming" if check["streaming"] else "not being read"
+    return (f"{tables}, slot {check['slot']} {state}, {check['unread_mb']:g} MB of WAL unread"
+            f" (max {check['max_unread_mb']:,} MB)")
 
 
 def in_order(found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

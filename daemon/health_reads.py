@@ -83,6 +83,20 @@ SELECT (SELECT count(*) FROM stuck WHERE status = 'unknown') AS unknown,
         FROM (SELECT * FROM stuck ORDER BY age_s DESC LIMIT $3) o) AS oldest
 """
 
+# Health: capture from the WAL (migration 022). How many tables are captured so,
+# and of their slot: whether the server has it, still usable (wal_status 'lost':
+# it removed WAL the slot needed), being streamed, and how much WAL the daemon
+# has not confirmed reading. pg_replication_slots is readable by any role.
+WAL_CAPTURE = """
+SELECT (SELECT count(*) FROM herald.watched_tables WHERE capture = 'wal') AS tables,
+       current_setting('wal_level') AS wal_level, w.slot_name AS slot,
+       s.slot_name IS NOT NULL AS slot_exists, s.wal_status, coalesce(s.active, false) AS streaming,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::float8 AS unread_bytes
+FROM (SELECT 1) AS one
+LEFT JOIN (SELECT slot_name FROM herald.wal_capture LIMIT 1) AS w ON true
+LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
+"""
+
 # Dramatiq's Redis broker (namespace "dramatiq", see dramatiq/brokers/redis/dispatch.lua):
 # a queue's waiting message ids are the list "<ns>:<queue>", every message not yet
 # acknowledged is in the hash "<ns>:<queue>.msgs"; delayed messages live in the
@@ -120,6 +134,11 @@ async def stuck_steps(
     row = await conn.fetchrow(STUCK_STEPS, liveness_s, lease_s, HEALTH_LISTED)
     return {"unknown_last_24h": row["unknown"], "sending_stalled": row["sending_stalled"],
             "total": row["unknown"] + row["sending_stalled"], "oldest": row["oldest"]}
+
+
+async def wal_capture(conn: asyncpg.Connection) -> dict[str, Any]:
+    """Tables captured from the WAL and the state of their slot (unread_bytes None: no slot)."""
+    return dict(await conn.fetchrow(WAL_CAPTURE))
 
 
 async def queue_depths(client: aioredis.Redis, queues: Iterable[str]) -> dict[str, Any]:

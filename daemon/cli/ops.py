@@ -236,6 +236,10 @@ def _check_detail(name: str, check: dict[str, Any]) -> str:
         if check["oldest_unmatched_s"] is not None:
             text += f", oldest {_age(check['oldest_unmatched_s'])} (max {_age(check['max_lag_s'])})"
         return text
+    if name == "wal_capture":
+        from daemon.health import wal_capture_detail
+
+        return wal_capture_detail(check)
     if name == "queues":
         depth = check["depth"].values()
         text = (f"{sum(d['ready'] for d in depth)} ready, {sum(d['unacked'] for d in depth)} being worked on,"

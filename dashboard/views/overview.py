@@ -15,6 +15,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from config.settings import Settings
+from daemon.health import wal_capture_detail
 from dashboard.auth import scope
 from dashboard.charts import Series, line_chart
 from dashboard.queries import overview as queries
@@ -25,7 +26,7 @@ routes = web.RouteTableDef()
 
 CHECK_TITLES = {
     "database": "Database", "redis": "Redis", "daemon": "Daemon", "workers": "Workers",
-    "outbox": "Outbox", "queues": "Queues", "dead_letters": "Dead letters", "stuck_steps": "Stuck steps",
+    "outbox": "Outbox", "wal_capture": "WAL capture", "queues": "Queues", "dead_letters": "Dead letters", "stuck_steps": "Stuck steps",
 }
 
 
@@ -77,6 +78,8 @@ def describe(name: str, check: dict[str, Any]) -> str:
         return (f"{_plural(check['unmatched'], 'event')} waiting to be matched"
                 f" ({check['pending']} pending, {check['dispatched']} dispatched);"
                 f" oldest unmatched event {duration(check['oldest_unmatched_s'])}")
+    if name == "wal_capture":
+        return wal_capture_detail(check)
     if name == "queues":
         waiting = sum(depth["ready"] for depth in check["depth"].values())
         text = f"{_plural(waiting, 'message')} waiting"

@@ -64,8 +64,9 @@ async def test_healthy_when_daemon_and_worker_beat_and_nothing_waits(
     status, body = await get_health(await make_client())
     assert (status, body["ok"], body["failing"]) == (200, True, [])
     checks = body["checks"]
-    assert list(checks) == ["database", "redis", "daemon", "workers", "outbox", "queues",
+    assert list(checks) == ["database", "redis", "daemon", "workers", "outbox", "wal_capture", "queues",
                             "dead_letters", "stuck_steps"]
+    assert checks["wal_capture"] == {"ok": True, "tables": 0}
     assert all(check["ok"] for check in checks.values())
     assert [d["instance"] for d in checks["daemon"]["instances"]] == ["daemon-1"]
     assert checks["workers"]["processes"] == [{
@@ -270,6 +271,6 @@ async def test_database_unreachable_fails_database_and_redis_checks_still_answer
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
     status, body = await get_health(client)
     assert status == 503
-    assert body["failing"] == ["database", "daemon", "workers", "outbox", "stuck_steps"]
+    assert body["failing"] == ["database", "daemon", "workers", "outbox", "wal_capture", "stuck_steps"]
     assert body["checks"]["daemon"] == {"ok": False, "error": "database unavailable"}
     assert body["checks"]["redis"]["ok"] and body["checks"]["queues"]["ok"]

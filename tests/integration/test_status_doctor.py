@@ -102,8 +102,8 @@ async def test_a_healthy_set_up_exits_0_for_both(demo: asyncpg.Connection, capsy
     code, out, _ = await herald(capsys, "status", "--json")
     report = json.loads(out)
     assert (code, report["state"], report["exit"], report["failing"]) == (0, "healthy", 0, [])
-    assert list(report["checks"]) == ["database", "redis", "daemon", "workers", "outbox", "queues",
-                                      "dead_letters", "stuck_steps"]
+    assert list(report["checks"]) == ["database", "redis", "daemon", "workers", "outbox", "wal_capture",
+                                      "queues", "dead_letters", "stuck_steps"]
     assert report["parked"] == {"steps": 0, "oldest_s": None}
 
     code, out, err = await herald(capsys, "doctor")

@@ -15,7 +15,8 @@ import pytest
 
 from config.database import connection
 from config.errors import HeraldConfigError
-from daemon import doctor, wal_capture
+from config.settings import Settings
+from daemon import doctor, health, wal_capture
 from daemon.capture import unwatch_table, watch_table
 from daemon.wal_capture import WalCapture
 from tests.conftest import wait_until
@@ -337,3 +338,29 @@ async def test_writes_to_other_tables_do_not_make_the_server_keep_wal_for_the_sl
         await pool.close()
     rows = await conn.fetch(EVENTS, "public.jobs")
     assert [r["new"]["title"] for r in rows] == ["before", "after"]
+
+
+async def test_health_shows_the_slot_and_the_wal_not_yet_read(
+    conn: asyncpg.Connection, capture: WalCapture
+) -> None:
+    settings = Settings(database_url="postgresql://unused", redis_url="redis://unused", embedded=False,
+                        health_wal_unread_mb=1)
+    assert (await health.database_checks(conn, settings))["wal_capture"] == {"ok": True, "tables": 0}
+    await conn.execute(TABLE.format(name="jobs"))
+    await watch_table(conn, "jobs", tenant_column="org", capture="wal")
+    slot = await conn.fetchval("SELECT slot_name FROM herald.wal_capture")
+    check = (await health.database_checks(conn, settings))["wal_capture"]
+    assert check["ok"] and (check["tables"], check["slot"], check["streaming"]) == (1, slot, False)
+    assert health.wal_capture_detail(check).startswith(f"1 table, slot {slot} not being read, ")
+
+    # The daemon down while the application writes: the WAL waits in the slot.
+    await conn.execute("INSERT INTO jobs (org, notes) SELECT 'acme', md5(g::text) FROM generate_series(1, 20000) g")
+    check = (await health.database_checks(conn, settings))["wal_capture"]
+    assert not check["ok"] and check["unread_mb"] > 1 and "problem" not in check
+    assert await capture.read() == 20000
+    assert (await health.database_checks(conn, settings))["wal_capture"]["ok"]
+
+    await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
+    check = (await health.database_checks(conn, settings))["wal_capture"]
+    assert (check["ok"], check["problem"], check["unread_mb"]) == (False, "the replication slot is missing", None)
+    assert "`herald doctor` says what to do" in health.wal_capture_detail(check)
