@@ -7,7 +7,10 @@ While a table is captured this way, the daemon streams the slot
 each, the daemon writes its changes as events and the end of the transaction
 (``read_lsn``) in one transaction of its own, and only then confirms it to the
 server. A daemon stopped in between is sent those transactions again and
-skips them by ``read_lsn``: each change is one event, once. A second daemon
+skips them by ``read_lsn``: each change is one event, once. A transaction of
+more changes than the stream holds is written in pieces as it arrives, in one
+transaction of Herald's that commits with its end (:class:`LargeTransaction`),
+so memory stays bounded whatever its size and the rule holds. A second daemon
 finds the slot in use and stands by. Once no table is captured from the WAL,
 the daemon reads what is left by peeking (``pg_logical_slot_peek_binary_changes``,
 :meth:`WalCapture.read`, the same writing) and drops the slot.
@@ -91,8 +94,10 @@ SELECT pg_drop_replication_slot(slot_name) FROM gone
 # trigger's INSERT with the rows rebuilt from the log's text
 # (config/migrations/019_capture_per_statement.sql). It locks the slot's row and
 # skips the changes of transactions that end at or before its read_lsn (written
-# already), and the last statement of a batch moves read_lsn to the batch's end
-# ($8, NULL for the others). A batch of one statement is one round trip.
+# already; a change's LSN NULL: its transaction's, still being received, was
+# checked by the caller, see LargeTransaction), and the last statement of a
+# batch moves read_lsn to the batch's end ($8, NULL for the others). A batch of
+# one statement is one round trip.
 WRITE_EVENTS = """
 WITH state AS (
     SELECT read_lsn FROM herald.wal_capture WHERE slot_name = $7 FOR UPDATE
@@ -122,7 +127,7 @@ WITH state AS (
                             THEN to_jsonb(jsonb_populate_record(NULL::{table}, u.n::jsonb)) END AS n
                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::pg_lsn[])
                      WITH ORDINALITY AS u(op, o, n, origin, lsn, i)
-                WHERE u.lsn > coalesce((SELECT read_lsn FROM state), '0/0'::pg_lsn)
+                WHERE u.lsn IS NULL OR u.lsn > coalesce((SELECT read_lsn FROM state), '0/0'::pg_lsn)
                 OFFSET 0) AS x
           WHERE x.op <> 'UPDATE' OR x.o IS DISTINCT FROM x.n) AS c
     ORDER BY c.i
@@ -134,6 +139,12 @@ WITH state AS (
 )
 SELECT (SELECT count(*) FROM written) AS written, EXISTS (SELECT 1 FROM cfg) AS watched,
        (SELECT count(*) FROM moved) AS moved
+"""
+# A transaction written in pieces (LargeTransaction): the slot's row locked for
+# its duration, and read_lsn moved to its end with its last piece.
+LOCK_READ_LSN = "SELECT read_lsn FROM herald.wal_capture WHERE slot_name = $1 FOR UPDATE"
+MOVE_READ_LSN = """
+UPDATE herald.wal_capture SET read_lsn = $2 WHERE slot_name = $1 AND (read_lsn IS NULL OR read_lsn < $2)
 """
 # Which of these tables exist (the statement above names the table's row type).
 EXISTING = """
@@ -165,9 +176,10 @@ class Change:
 
 @dataclass
 class Transaction:
-    end_lsn: int
+    end_lsn: int  # 0 until its commit has been read
     origin_run: int | None = None
     changes: list[Change] = field(default_factory=list)
+    commit_lsn: int = 0  # where its commit record starts, from its BEGIN
 
 
 class _Reader:
@@ -210,59 +222,73 @@ def _tuple(reader: _Reader, relation: Relation) -> tuple[dict[str, Any], set[str
     return row, unchanged
 
 
-def parse(messages: list[bytes], relations: dict[int, Relation]) -> list[Transaction]:
-    """The committed transactions in pgoutput messages, each with its changes.
+class Decoder:
+    """pgoutput messages to transactions, fed in pieces.
 
     ``relations``: the tables described so far, which the server describes once
-    per stream (or peek), before their first change; kept across calls.
+    per stream (or peek), before their first change; kept across feeds. A
+    transaction may span feeds: ``current`` is the one being received, with its
+    changes so far, which its reader may take away as it writes them.
     """
-    done: list[Transaction] = []
-    current: Transaction | None = None
-    for data in messages:
-        reader = _Reader(data)
-        kind = reader.byte()
-        if kind == "B":
-            current = Transaction(end_lsn=0)
-        elif kind == "C":
-            reader.unpack(">b")
-            reader.unpack(">q")  # the commit's own LSN
-            if current is not None:
-                current.end_lsn = reader.unpack(">q")
-                done.append(current)
-            current = None
-        elif kind == "R":
-            relid = reader.unpack(">I")
-            schema, name = reader.string(), reader.string()
-            reader.unpack(">b")  # replica identity
-            columns = []
-            for _ in range(reader.unpack(">h")):
+
+    def __init__(self, relations: dict[int, Relation] | None = None) -> None:
+        self.relations = {} if relations is None else relations
+        self.current: Transaction | None = None
+
+    def feed(self, messages: list[bytes]) -> list[Transaction]:
+        """The transactions whose commit is in ``messages``, each with its changes."""
+        done: list[Transaction] = []
+        for data in messages:
+            reader = _Reader(data)
+            kind = reader.byte()
+            if kind == "B":
+                self.current = Transaction(end_lsn=0, commit_lsn=reader.unpack(">q"))
+            elif kind == "C":
                 reader.unpack(">b")
-                column = reader.string()
-                columns.append((column, reader.unpack(">I")))
-                reader.unpack(">i")
-            relations[relid] = Relation(schema, name, tuple(columns))
-        elif kind == "M":
-            transactional = reader.unpack(">b") & 1
-            reader.unpack(">q")
-            prefix = reader.string()
-            content = reader.take(reader.unpack(">i")).decode()
-            if transactional and current is not None and prefix == ORIGIN_PREFIX and content.isdigit():
-                current.origin_run = int(content)
-        elif kind in "IUD" and current is not None:
-            relation = relations[reader.unpack(">I")]
-            old = new = None
-            marker = reader.byte()
-            if marker in "KO":
-                old, _ = _tuple(reader, relation)
-                marker = reader.byte() if kind == "U" else ""
-            if marker == "N":
-                new, unchanged = _tuple(reader, relation)
-                for name in unchanged:  # left out of the new row: as it was
-                    new[name] = (old or {}).get(name)
-            operation = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}[kind]
-            current.changes.append(Change(relation, operation, old, new))
-        # Y (type), O (origin), T (truncate: not an event, as for the trigger): nothing to do
-    return done
+                reader.unpack(">q")  # the commit's own LSN
+                if self.current is not None:
+                    self.current.end_lsn = reader.unpack(">q")
+                    done.append(self.current)
+                self.current = None
+            elif kind == "R":
+                relid = reader.unpack(">I")
+                schema, name = reader.string(), reader.string()
+                reader.unpack(">b")  # replica identity
+                columns = []
+                for _ in range(reader.unpack(">h")):
+                    reader.unpack(">b")
+                    column = reader.string()
+                    columns.append((column, reader.unpack(">I")))
+                    reader.unpack(">i")
+                self.relations[relid] = Relation(schema, name, tuple(columns))
+            elif kind == "M":
+                transactional = reader.unpack(">b") & 1
+                reader.unpack(">q")
+                prefix = reader.string()
+                content = reader.take(reader.unpack(">i")).decode()
+                if transactional and self.current is not None and prefix == ORIGIN_PREFIX and content.isdigit():
+                    self.current.origin_run = int(content)
+            elif kind in "IUD" and self.current is not None:
+                relation = self.relations[reader.unpack(">I")]
+                old = new = None
+                marker = reader.byte()
+                if marker in "KO":
+                    old, _ = _tuple(reader, relation)
+                    marker = reader.byte() if kind == "U" else ""
+                if marker == "N":
+                    new, unchanged = _tuple(reader, relation)
+                    for name in unchanged:  # left out of the new row: as it was
+                        new[name] = (old or {}).get(name)
+                operation = {"I": "INSERT", "U": "UPDATE", "D": "DELETE"}[kind]
+                self.current.changes.append(Change(relation, operation, old, new))
+            # Y (type), O (origin), T (truncate: not an event, as for the trigger): nothing to do
+        return done
+
+
+def parse(messages: list[bytes], relations: dict[int, Relation]) -> list[Transaction]:
+    """The committed transactions in pgoutput messages, each with its changes (a
+    transaction not ended in them is left out); ``relations`` as for :class:`Decoder`."""
+    return Decoder(relations).feed(messages)
 
 
 # -- the reader --------------------------------------------------------------------
@@ -301,7 +327,8 @@ class WalCapture:
         """Write the slot's transactions as they arrive, until ``stop`` or no table
         is captured from the WAL any more."""
         stream = await ReplicationStream.open(self.dsn, slot, publication)
-        relations: dict[int, Relation] = {}
+        decoder = Decoder()
+        large: LargeTransaction | None = None  # being received, written in pieces
         log.info("streaming changes from the WAL", slot=slot)
         try:
             looked = time.monotonic()
@@ -309,13 +336,23 @@ class WalCapture:
                 await stream.wait(self.interval_s, stop)
                 messages = stream.take()
                 if messages:
-                    transactions = await self._parse(messages, relations)
-                    async with self.pool.acquire() as conn:
-                        written = await self._write(conn, slot, transactions)
-                    stream.confirm(transactions[-1].end_lsn)
+                    transactions = await self._decode(decoder, messages)
+                    written = 0
+                    if large is not None and transactions:  # its commit has come: the first
+                        ended, large = large, None
+                        written += await ended.finish()
+                        stream.confirm(transactions.pop(0).end_lsn)
+                    if transactions:
+                        async with self.pool.acquire() as conn:
+                            written += await self._write(conn, slot, transactions)
+                        stream.confirm(transactions[-1].end_lsn)
+                    if decoder.current is not None and decoder.current.changes:
+                        if large is None:
+                            large = await LargeTransaction.begin(self, slot, decoder.current)
+                        written += await large.write()
                     if written:
                         self.on_events()
-                else:
+                elif large is None:
                     stream.confirm_idle()
                 loop_passed("wal capture")
                 if time.monotonic() - looked >= self.interval_s:
@@ -323,14 +360,16 @@ class WalCapture:
                     if not await self.pool.fetchval(IN_USE):
                         return
         finally:
+            if large is not None:  # not ended: none of it is written; the server sends it again
+                await large.abandon()
             stream.close()
 
-    async def _parse(self, messages: list[bytes], relations: dict[int, Relation]) -> list[Transaction]:
+    async def _decode(self, decoder: Decoder, messages: list[bytes]) -> list[Transaction]:
         # A bulk write's thousands of rows are parsed off the event loop, which goes
         # on listening and dispatching meanwhile.
         if len(messages) > PARSE_IN_THREAD:
-            return await asyncio.to_thread(parse, messages, relations)
-        return parse(messages, relations)
+            return await asyncio.to_thread(decoder.feed, messages)
+        return decoder.feed(messages)
 
     async def read(self) -> int:
         """Write the slot's unread changes as events and advance it; return how many events."""
@@ -345,7 +384,7 @@ class WalCapture:
                                             state["publication"])
                 except asyncpg.ObjectInUseError:
                     return total  # another daemon is reading it
-                transactions = await self._parse([bytes(row["data"]) for row in rows], {})
+                transactions = await self._decode(Decoder(), [bytes(row["data"]) for row in rows])
                 loop_passed("wal capture")
                 complete = len(rows) < MAX_CHANGES
                 written = await self._write(conn, state["slot_name"], transactions) if transactions else 0
@@ -372,7 +411,8 @@ class WalCapture:
 
     async def _write(self, conn: asyncpg.Connection, slot: str, transactions: list[Transaction]) -> int:
         """Write the changes of ``transactions`` not written yet as events, and move read_lsn
-        to their end; one statement per table and chunk, in one transaction if several."""
+        to their end (if they have ended); one statement per table and chunk, in one
+        transaction if several."""
         runs = _runs(transactions)
         unknown = {table for table, _ in runs} - self._existing
         if unknown:
@@ -386,17 +426,19 @@ class WalCapture:
             statements += [(table, group[start:start + INSERT_CHUNK]) for start in range(0, len(group), INSERT_CHUNK)]
         if not statements:
             return 0
+        end_lsn = transactions[-1].end_lsn or None  # None: a piece of one not ended
         try:
             if len(statements) == 1:
-                return await self._statements(conn, slot, statements, transactions[-1].end_lsn)
+                return await self._statements(conn, slot, statements, end_lsn)
             async with conn.transaction():
-                return await self._statements(conn, slot, statements, transactions[-1].end_lsn)
+                return await self._statements(conn, slot, statements, end_lsn)
         except asyncpg.UndefinedTableError:
             self._existing.clear()  # dropped meanwhile: the next attempt looks again
             raise
 
     async def _statements(self, conn: asyncpg.Connection, slot: str,
-                          statements: list[tuple[str, list[tuple[Change, int | None, int]]]], end_lsn: int) -> int:
+                          statements: list[tuple[str, list[tuple[Change, int | None, int | None]]]],
+                          end_lsn: int | None) -> int:
         written = 0
         for n, (table, chunk) in enumerate(statements):
             columns: list[list[Any]] = [[], [], [], [], []]
@@ -415,18 +457,81 @@ class WalCapture:
         return written
 
 
-def _runs(transactions: list[Transaction]) -> list[tuple[str, list[tuple[Change, int | None, int]]]]:
+def _runs(transactions: list[Transaction]) -> list[tuple[str, list[tuple[Change, int | None, int | None]]]]:
     """The changes in order, in runs of one table each, each with its transaction's
-    origin run and end."""
-    runs: list[tuple[str, list[tuple[Change, int | None, int]]]] = []
+    origin run and end (None: not ended yet)."""
+    runs: list[tuple[str, list[tuple[Change, int | None, int | None]]]] = []
     for transaction in transactions:
         for change in transaction.changes:
             table = change.relation.qualified
             if not runs or runs[-1][0] != table:
                 runs.append((table, []))
-            runs[-1][1].append((change, transaction.origin_run, transaction.end_lsn))
+            runs[-1][1].append((change, transaction.origin_run, transaction.end_lsn or None))
     return runs
 
 
 def _json(row: dict[str, Any] | None) -> str | None:
     return None if row is None else json.dumps(row)
+
+
+class LargeTransaction:
+    """A transaction of more changes than the stream holds (its ``SPILL_MESSAGES``),
+    written in pieces as they arrive, all in one transaction of Herald's that
+    commits with its end, so its changes are all events, once, or none.
+
+    Whether it was written already (sent again after a restart) is decided at its
+    first piece: read_lsn, the end of the last transaction written, is past its
+    commit's start exactly when it was. The slot's row stays locked until it ends.
+    Stopped or broken before its commit arrives, it is rolled back, and the server
+    sends the whole transaction again to the next stream.
+    """
+
+    def __init__(self, capture: WalCapture, slot: str, transaction: Transaction, conn: Any, tx: Any,
+                 *, written: bool) -> None:
+        self.capture, self.slot, self.transaction = capture, slot, transaction
+        self.conn, self.tx, self.written = conn, tx, written
+
+    @classmethod
+    async def begin(cls, capture: WalCapture, slot: str, transaction: Transaction) -> LargeTransaction:
+        conn = await capture.pool.acquire()
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            read_lsn = await conn.fetchval(LOCK_READ_LSN, slot)
+        except BaseException:
+            await capture.pool.release(conn)
+            raise
+        written = read_lsn is not None and read_lsn > transaction.commit_lsn
+        log.info("a large transaction is read in pieces", slot=slot, written_before=written)
+        return cls(capture, slot, transaction, conn, tx, written=written)
+
+    async def write(self) -> int:
+        """Its changes received so far, taken from it and written (unless it was before)."""
+        piece = Transaction(end_lsn=0, origin_run=self.transaction.origin_run, changes=self.transaction.changes)
+        self.transaction.changes = []
+        if self.written:
+            return 0
+        return await self.capture._write(self.conn, self.slot, [piece])
+
+    async def finish(self) -> int:
+        """Its commit has arrived: the rest of its changes, read_lsn moved to its end, committed."""
+        try:
+            written = await self.write()
+            if self.written:
+                await self.tx.rollback()
+            else:
+                await self.conn.execute(MOVE_READ_LSN, self.slot, self.transaction.end_lsn)
+                await self.tx.commit()
+        except BaseException:
+            await self.abandon()
+            raise
+        await self.capture.pool.release(self.conn)
+        return written
+
+    async def abandon(self) -> None:
+        try:
+            await self.tx.rollback()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            pass  # the connection is gone, and the transaction with it
+        finally:
+            await self.capture.pool.release(self.conn)

@@ -26,6 +26,13 @@ from psycopg2.extras import LogicalReplicationConnection
 from daemon.loops import wait_any
 
 STATUS_INTERVAL_S = 10
+# A transaction received this far (in messages, about one per changed row) is
+# handed over in pieces of at least this many, without waiting for its commit,
+# so that one that changes millions of rows is never held whole.
+SPILL_MESSAGES = 5_000
+# Messages held at most: past this many, the stream stops reading the socket
+# (the server waits) until they are taken.
+HOLD_MESSAGES = 4 * SPILL_MESSAGES
 
 # Errors of the replication connection: lost, refused, or the slot in use by another daemon.
 STREAM_ERRORS: tuple[type[Exception], ...] = (psycopg2.Error, OSError)
@@ -41,6 +48,11 @@ class ReplicationStream:
         self.complete = 0  # messages up to the end of the last transaction received whole
         self.error: Exception | None = None
         self.confirmed = 0  # the furthest position confirmed to the server
+        self.spill_messages = SPILL_MESSAGES
+        self.hold_messages = HOLD_MESSAGES
+        self.peak = 0  # the most messages held at once
+        self._in_transaction = False  # between a BEGIN received and its COMMIT
+        self._paused = False
         self._arrived = asyncio.Event()
         self._fd = conn.fileno()
 
@@ -66,9 +78,22 @@ class ReplicationStream:
         try:
             while (message := self.cursor.read_message()) is not None:
                 self.messages.append(message.payload)
-                if message.payload[:1] == b"C":  # a commit: its transaction is whole
+                kind = message.payload[:1]
+                if kind == b"B":
+                    self._in_transaction = True
+                elif kind == b"C":  # a commit: its transaction is whole
+                    self._in_transaction = False
                     self.complete = len(self.messages)
                     self._arrived.set()
+                elif len(self.messages) - self.complete >= self.spill_messages:
+                    self._arrived.set()  # a large transaction: its first pieces can go
+                self.peak = max(self.peak, len(self.messages))
+                if len(self.messages) >= self.hold_messages:
+                    # Taken more slowly than it comes: the server waits, not the memory.
+                    asyncio.get_running_loop().remove_reader(self._fd)
+                    self._paused = True
+                    self._arrived.set()
+                    return
         except STREAM_ERRORS as exc:
             self.error = exc
             self._arrived.set()
@@ -82,9 +107,17 @@ class ReplicationStream:
             raise self.error
 
     def take(self) -> list[bytes]:
-        """The messages of the transactions received whole, in order (the rest stay)."""
-        taken, self.messages = self.messages[:self.complete], self.messages[self.complete:]
+        """The messages of the transactions received whole, in order, and those of the
+        one being received once there are ``spill_messages`` of them (the rest stay)."""
+        upto = self.complete
+        if len(self.messages) - self.complete >= self.spill_messages:
+            upto = len(self.messages)
+        taken, self.messages = self.messages[:upto], self.messages[upto:]
         self.complete = 0
+        if self._paused and len(self.messages) < self.hold_messages:
+            self._paused = False
+            asyncio.get_running_loop().add_reader(self._fd, self._readable)
+            self._readable()  # what the socket buffered meanwhile
         return taken
 
     def confirm(self, lsn: int) -> None:
@@ -93,7 +126,8 @@ class ReplicationStream:
         self.cursor.send_feedback(flush_lsn=self.confirmed)
 
     def confirm_idle(self) -> None:
-        """Nothing received is waiting to be written: confirm up to where the server
+        """Nothing received is waiting to be written (no message held, no transaction
+        being received): confirm up to where the server
         has read the WAL, and ask it to say where that is now.
 
         The server sends nothing for transactions that changed no published table,
@@ -103,12 +137,13 @@ class ReplicationStream:
         that commits after that position is still sent: the server sends each at
         its commit, and says where it has read only between them (its keepalive's
         ``wal_end``)."""
-        if not self.messages:
+        if not self.messages and not self._in_transaction:
             self.confirmed = max(self.confirmed, self.cursor.wal_end)
             self.cursor.send_feedback(flush_lsn=self.confirmed, reply=True)
 
     def close(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._fd)
+        if not self._paused:
+            asyncio.get_running_loop().remove_reader(self._fd)
         self.conn.close()
 
 

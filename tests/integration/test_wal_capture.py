@@ -16,9 +16,10 @@ import pytest
 from config.database import connection
 from config.errors import HeraldConfigError
 from config.settings import Settings
-from daemon import doctor, health, wal_capture
+from daemon import doctor, health, wal_capture, wal_stream
 from daemon.capture import unwatch_table, watch_table
 from daemon.wal_capture import WalCapture
+from daemon.wal_stream import ReplicationStream
 from tests.conftest import wait_until
 
 # A table with the types ORMs make: identity key, text, numeric, boolean,
@@ -364,3 +365,98 @@ async def test_health_shows_the_slot_and_the_wal_not_yet_read(
     check = (await health.database_checks(conn, settings))["wal_capture"]
     assert (check["ok"], check["problem"], check["unread_mb"]) == (False, "the replication slot is missing", None)
     assert "`herald doctor` says what to do" in health.wal_capture_detail(check)
+
+
+@pytest.fixture
+def small_pieces(monkeypatch: pytest.MonkeyPatch) -> list[ReplicationStream]:
+    """Streams that hand over a transaction in pieces of 500 messages and hold at most
+    2,000; each stream opened is listed."""
+    monkeypatch.setattr(wal_stream, "SPILL_MESSAGES", 500)
+    monkeypatch.setattr(wal_stream, "HOLD_MESSAGES", 2000)
+    opened: list[ReplicationStream] = []
+    real_open = ReplicationStream.open.__func__  # type: ignore[attr-defined]
+
+    async def open_(cls: type[ReplicationStream], *args: Any) -> ReplicationStream:
+        stream = await real_open(cls, *args)
+        opened.append(stream)
+        return stream
+
+    monkeypatch.setattr(ReplicationStream, "open", classmethod(open_))
+    return opened
+
+
+async def _stream_until(capture: WalCapture, conn: asyncpg.Connection, count: int) -> None:
+    """Stream the slot until the jobs table has ``count`` events, then stop."""
+    slot = await conn.fetchval("SELECT slot_name FROM herald.wal_capture")
+    stop = asyncio.Event()
+    streaming = asyncio.create_task(capture.stream(slot, wal_capture.PUBLICATION, stop))
+
+    async def events() -> int:
+        return await conn.fetchval("SELECT count(*) FROM herald.events WHERE table_name = 'public.jobs'")
+
+    try:
+        await wait_until(lambda: _at_least(events, count, streaming), timeout=60, message=f"{count} events")
+    finally:
+        stop.set()
+        await asyncio.wait_for(streaming, 10)
+
+
+async def _wal_jobs(conn: asyncpg.Connection, rows: int) -> str:
+    """The jobs table captured from the WAL, ``rows`` inserted in one transaction; its slot."""
+    await conn.execute(TABLE.format(name="jobs"))
+    await watch_table(conn, "jobs", tenant_column="org", capture="wal")
+    await conn.execute("INSERT INTO jobs (org, title) SELECT 'acme', 'job ' || g FROM generate_series(1, $1) g", rows)
+    return await conn.fetchval("SELECT slot_name FROM herald.wal_capture")  # type: ignore[no-any-return]
+
+
+async def _jobs_events(conn: asyncpg.Connection) -> tuple[int, int]:
+    return tuple(await conn.fetchrow(  # type: ignore[return-value]
+        "SELECT count(*), count(DISTINCT row_id) FROM herald.events WHERE table_name = 'public.jobs'"))
+
+
+async def test_a_transaction_larger_than_the_stream_holds_is_written_in_pieces_all_or_nothing(
+    conn: asyncpg.Connection, capture: WalCapture, small_pieces: list[ReplicationStream],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slot = await _wal_jobs(conn, 12000)
+
+    # The database fails half-way through: nothing of it is an event yet.
+    pieces = 0
+    real_write = wal_capture.LargeTransaction.write
+
+    async def failing_write(self: wal_capture.LargeTransaction) -> int:
+        nonlocal pieces
+        pieces += 1
+        if pieces == 5:
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await real_write(self)
+
+    monkeypatch.setattr(wal_capture.LargeTransaction, "write", failing_write)
+    stop = asyncio.Event()
+    with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+        await asyncio.wait_for(capture.stream(slot, wal_capture.PUBLICATION, stop), 60)
+    assert pieces == 5 and await _jobs_events(conn) == (0, 0)
+
+    # Streamed again: the server sends it again, whole; every row is one event.
+    monkeypatch.setattr(wal_capture.LargeTransaction, "write", real_write)
+    await _stream_until(capture, conn, 12000)
+    assert await _jobs_events(conn) == (12000, 12000)
+    # Never held whole: the stream held at most its 2,000 messages at once.
+    assert 0 < max(s.peak for s in small_pieces) <= 2000
+    assert await capture.read() == 0
+
+
+async def test_a_large_transaction_sent_again_after_it_was_written_is_not_written_twice(
+    conn: asyncpg.Connection, capture: WalCapture, small_pieces: list[ReplicationStream],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _wal_jobs(conn, 3000)
+    # Written, but the daemon stops before the server hears of it.
+    with monkeypatch.context() as unconfirmed:
+        unconfirmed.setattr(ReplicationStream, "confirm", lambda self, lsn: None)
+        unconfirmed.setattr(ReplicationStream, "confirm_idle", lambda self: None)
+        await _stream_until(capture, conn, 3000)
+    await conn.execute("INSERT INTO jobs (org, title) VALUES ('acme', 'after')")
+    await _stream_until(capture, conn, 3001)
+    assert await _jobs_events(conn) == (3001, 3001)
+    assert len(small_pieces) == 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from daemon.wal_capture import ORIGIN_PREFIX, Relation, parse
+from daemon.wal_capture import ORIGIN_PREFIX, Decoder, Relation, parse
 
 JSONB, TEXT, INT8 = 3802, 25, 20
 
@@ -16,8 +16,8 @@ def _s(text: str) -> bytes:
     return text.encode() + b"\0"
 
 
-def begin() -> bytes:
-    return b"B" + struct.pack(">qqi", 100, 0, 7)
+def begin(commit_lsn: int = 100) -> bytes:
+    return b"B" + struct.pack(">qqi", commit_lsn, 0, 7)
 
 
 def commit(end_lsn: int) -> bytes:
@@ -89,3 +89,23 @@ def test_a_table_described_again_mid_stream_is_read_with_its_new_columns() -> No
     [second] = parse([begin(), relation(16384, COLUMNS),
                       b"I" + struct.pack(">I", 16384) + b"N" + tuple_data("6", "b", "[]"), commit(30)], relations)
     assert second.changes[0].new == {"id": "6", "title": "b", "data": []}
+
+
+def insert(row_id: str) -> bytes:
+    return b"I" + struct.pack(">I", 16384) + b"N" + tuple_data(row_id, "t", None)
+
+
+def test_a_transaction_fed_in_pieces_is_read_as_it_comes_and_ends_with_its_commit() -> None:
+    decoder = Decoder()
+    assert decoder.feed([begin(900), relation(16384, COLUMNS), message(ORIGIN_PREFIX, "7"), insert("1"),
+                         insert("2")]) == []
+    current = decoder.current
+    assert current is not None and (current.commit_lsn, current.end_lsn, current.origin_run) == (900, 0, 7)
+    assert [c.new["id"] for c in current.changes] == ["1", "2"]
+    # Its reader takes away what it has written; the next pieces add to the rest.
+    current.changes = []
+    assert decoder.feed([insert("3")]) == [] and [c.new["id"] for c in current.changes] == ["3"]
+    [ended, after] = decoder.feed([insert("4"), commit(1000), begin(1100), insert("5"), commit(1200)])
+    assert ended is current and [c.new["id"] for c in ended.changes] == ["3", "4"]
+    assert (ended.end_lsn, after.commit_lsn, [c.new["id"] for c in after.changes]) == (1000, 1100, ["5"])
+    assert decoder.current is None
