@@ -160,9 +160,7 @@ async def _match_batch(
                 candidates.append(Candidate(event, workflow.id, workflow.spec, reason,
                                             *dedupe.keys(trigger, dict(event))))
         reports.append((event["id"], {"workflows": report}))
-    await conn.executemany(store.MARK_MATCHED, reports)  # one round trip for the batch
-
-    created = await _create_runs(conn, candidates)
+    created = await _create_runs(conn, candidates, reports)
     started = [row for row in created if row["status"] == "pending"]
     cancelled = await _cancel_waiting_runs(conn, events)
     return Outcome(started=[row["id"] for row in started], skipped=len(created) - len(started),
@@ -181,10 +179,10 @@ class Candidate:
     once_key: str | None
 
 
-async def _create_runs(conn: asyncpg.Connection, candidates: list[Candidate]) -> list[Any]:
-    """Insert a run per candidate: pending, or skipped with the reason it duplicates another."""
-    if not candidates:
-        return []
+async def _create_runs(conn: asyncpg.Connection, candidates: list[Candidate],
+                       reports: list[tuple[int, dict[str, Any]]]) -> list[Any]:
+    """Mark the events matched with their ``reports`` and insert a run per candidate:
+    pending, or skipped with the reason it duplicates another."""
     # Only workflows that prevent duplicates (a window, or once_per) look at earlier
     # runs; the others' keys are still recorded, for when they start to.
     checked = [c for c in candidates if c.spec.dedupe.prevents_duplicates]
@@ -219,7 +217,7 @@ async def _create_runs(conn: asyncpg.Connection, candidates: list[Candidate]) ->
                   c.dedupe_key, c.once_key, "skipped" if skip else "pending", skip)
         for column, value in zip(columns, values):
             column.append(value)
-    return list(await conn.fetch(store.INSERT_RUNS, *columns))
+    return list(await conn.fetch(store.INSERT_RUNS, *columns, *map(list, zip(*reports))))
 
 
 def _decide(workflow: CachedWorkflow, event: dict[str, Any], origin_workflow: Any) -> tuple[bool, str]:

@@ -36,12 +36,6 @@ ORDER BY id
 FOR UPDATE SKIP LOCKED
 """
 
-MARK_MATCHED = """
-UPDATE herald.events
-SET state = 'matched', matched_at = clock_timestamp(), match_report = $2
-WHERE id = $1
-"""
-
 # Matching this event failed for a reason of its own: final, with the error.
 MARK_FAILED = """
 UPDATE herald.events
@@ -49,8 +43,15 @@ SET state = 'failed', matched_at = clock_timestamp(), match_report = $2
 WHERE id = $1
 """
 
-# Each run records the workflow's version it runs (its steps are that version's).
+# A batch's events matched, each with its report ($9, $10), and a run inserted per
+# workflow matched ($1-$8, none when no workflow matched): one round trip. Each
+# run records the workflow's version it runs (its steps are that version's).
 INSERT_RUNS = """
+WITH matched AS (
+    UPDATE herald.events e
+    SET state = 'matched', matched_at = clock_timestamp(), match_report = u.report
+    FROM unnest($9::bigint[], $10::jsonb[]) AS u(id, report) WHERE e.id = u.id
+)
 INSERT INTO herald.runs
     (tenant_id, workflow_id, event_id, match_reason, dedupe_key, once_key, status, error, completed_at,
      workflow_version)
