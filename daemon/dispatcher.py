@@ -28,7 +28,7 @@ import structlog
 
 from actors.store import MATCHED_PAYLOAD
 from daemon import outbox
-from daemon.loops import BROKER_ERRORS, OUTAGES
+from daemon.loops import BROKER_ERRORS, OUTAGES, wait_any
 from daemon.metrics import EVENTS_DISPATCHED
 from daemon.progress import loop_passed, loop_started
 
@@ -87,26 +87,17 @@ class Dispatcher:
             self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        stopping = asyncio.ensure_future(stop.wait())
         loop_started("dispatcher", self.idle_s)  # it wakes at least every idle_s
-        try:
-            while not stop.is_set():
-                waking = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait(
-                    [waking, stopping], timeout=HOLD_POLL_S if self.holding else self.idle_s,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                waking.cancel()
-                self._wake.clear()
-                if stop.is_set():
-                    break
-                try:
-                    await self.drain()
-                except OUTAGES as exc:
-                    log.warning("dispatch failed; will try again", error=str(exc))
-                loop_passed("dispatcher")
-        finally:
-            stopping.cancel()
+        while not stop.is_set():
+            await wait_any(self._wake, stop, timeout=HOLD_POLL_S if self.holding else self.idle_s)
+            self._wake.clear()
+            if stop.is_set():
+                break
+            try:
+                await self.drain()
+            except OUTAGES as exc:
+                log.warning("dispatch failed; will try again", error=str(exc))
+            loop_passed("dispatcher")
 
     async def drain(self) -> int:
         """Dispatch pending events, a batch at a time, while fewer than

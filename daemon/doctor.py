@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 
 from config.database import migration_files, quote_qualified
 from config.settings import VARIABLES, Settings, parse_recipient_limit
+from daemon import health_reads
 from daemon.capture import CAPTURE_TRIGGERS
 from daemon.wal_capture import PUBLICATION
 
@@ -316,13 +317,11 @@ async def trigger_findings(conn: asyncpg.Connection) -> list[Finding]:
     return findings
 
 
-# Tables captured from the WAL and what reading them needs (daemon/wal_setup.py).
-WAL_STATE = """
-SELECT current_setting('wal_level') AS wal_level,
-       (SELECT slot_name FROM herald.wal_capture LIMIT 1) AS slot,
-       s.slot_name IS NOT NULL AS slot_exists, s.wal_status,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
-       coalesce((SELECT array_agg(w.table_name ORDER BY w.table_name) FROM herald.watched_tables w
+# Tables captured from the WAL, and those of them not published whole (what
+# reading them needs, daemon/wal_setup.py); their slot's state is the health
+# check's (daemon/health_reads.py, WAL_CAPTURE).
+WAL_TABLES = """
+SELECT coalesce((SELECT array_agg(w.table_name ORDER BY w.table_name) FROM herald.watched_tables w
                  WHERE w.capture = 'wal'), '{}') AS tables,
        coalesce((SELECT array_agg(w.table_name ORDER BY w.table_name) FROM herald.watched_tables w
                  JOIN pg_class c ON c.oid = to_regclass(format('%I.%I', split_part(w.table_name, '.', 1),
@@ -330,8 +329,6 @@ SELECT current_setting('wal_level') AS wal_level,
                  WHERE w.capture = 'wal' AND (c.relreplident <> 'f' OR NOT EXISTS (
                      SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                      WHERE p.pubname = $1 AND pr.prrelid = c.oid))), '{}') AS unpublished
-FROM (SELECT 1) AS one
-LEFT JOIN pg_replication_slots s ON s.slot_name = (SELECT slot_name FROM herald.wal_capture LIMIT 1)
 """
 # The WAL a slot keeps beyond which the doctor warns: the daemon is down or behind.
 WAL_RETAINED_WARN_BYTES = 1 << 30
@@ -340,10 +337,11 @@ WAL_RETAINED_WARN_BYTES = 1 << 30
 async def wal_findings(conn: asyncpg.Connection) -> list[Finding]:
     """Tables captured from the WAL: the slot there and read, each table published whole."""
     check = "WAL capture"
-    state = await conn.fetchrow(WAL_STATE, PUBLICATION)
-    tables = list(state["tables"])
+    published = await conn.fetchrow(WAL_TABLES, PUBLICATION)
+    tables = list(published["tables"])
     if not tables:
         return []
+    state = await health_reads.wal_capture(conn)
     rewatch = f"run `herald watch {tables[0]} --capture wal` again, with the options it was watched with"
     named = ", ".join(tables)
     if state["wal_level"] != "logical":
@@ -354,7 +352,7 @@ async def wal_findings(conn: asyncpg.Connection) -> list[Finding]:
         return [fail(check, f"the replication slot {state['slot'] or ''} {what}: changes of {named} made"
                      " since are not events", rewatch)]
     findings = [fail(check, f"{table} is not published with REPLICA IDENTITY FULL: its changes are not"
-                     " read whole", rewatch.replace(tables[0], table)) for table in state["unpublished"]]
+                     " read whole", rewatch.replace(tables[0], table)) for table in published["unpublished"]]
     retained = f"it keeps {state['retained_bytes'] / (1 << 20):.0f} MB of WAL"
     if state["retained_bytes"] > WAL_RETAINED_WARN_BYTES:
         findings.append(warn(check, f"the slot {state['slot']}: {retained}, the daemon is down or behind"

@@ -85,13 +85,16 @@ SELECT (SELECT count(*) FROM stuck WHERE status = 'unknown') AS unknown,
 
 # Health: capture from the WAL (migration 022). How many tables are captured so,
 # and of their slot: whether the server has it, still usable (wal_status 'lost':
-# it removed WAL the slot needed), being streamed, and how much WAL the daemon
-# has not confirmed reading. pg_replication_slots is readable by any role.
+# it removed WAL the slot needed), being streamed, how much WAL the daemon has
+# not confirmed reading, and how much the server keeps for it (from the slot's
+# restart point; `herald doctor` warns on it). pg_replication_slots is readable
+# by any role.
 WAL_CAPTURE = """
 SELECT (SELECT count(*) FROM herald.watched_tables WHERE capture = 'wal') AS tables,
        current_setting('wal_level') AS wal_level, w.slot_name AS slot,
        s.slot_name IS NOT NULL AS slot_exists, s.wal_status, coalesce(s.active, false) AS streaming,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::float8 AS unread_bytes
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::float8 AS unread_bytes,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::float8 AS retained_bytes
 FROM (SELECT 1) AS one
 LEFT JOIN (SELECT slot_name FROM herald.wal_capture LIMIT 1) AS w ON true
 LEFT JOIN pg_replication_slots s ON s.slot_name = w.slot_name
@@ -137,7 +140,8 @@ async def stuck_steps(
 
 
 async def wal_capture(conn: asyncpg.Connection) -> dict[str, Any]:
-    """Tables captured from the WAL and the state of their slot (unread_bytes None: no slot)."""
+    """Tables captured from the WAL and the state of their slot (unread_bytes and
+    retained_bytes None: no slot)."""
     return dict(await conn.fetchrow(WAL_CAPTURE))
 
 

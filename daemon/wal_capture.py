@@ -285,12 +285,6 @@ class Decoder:
         return done
 
 
-def parse(messages: list[bytes], relations: dict[int, Relation]) -> list[Transaction]:
-    """The committed transactions in pgoutput messages, each with its changes (a
-    transaction not ended in them is left out); ``relations`` as for :class:`Decoder`."""
-    return Decoder(relations).feed(messages)
-
-
 # -- the reader --------------------------------------------------------------------
 
 class WalCapture:
@@ -487,9 +481,9 @@ class LargeTransaction:
     """
 
     def __init__(self, capture: WalCapture, slot: str, transaction: Transaction, conn: Any, tx: Any,
-                 *, written: bool) -> None:
+                 *, written_before: bool) -> None:
         self.capture, self.slot, self.transaction = capture, slot, transaction
-        self.conn, self.tx, self.written = conn, tx, written
+        self.conn, self.tx, self.written_before = conn, tx, written_before
 
     @classmethod
     async def begin(cls, capture: WalCapture, slot: str, transaction: Transaction) -> LargeTransaction:
@@ -501,15 +495,15 @@ class LargeTransaction:
         except BaseException:
             await capture.pool.release(conn)
             raise
-        written = read_lsn is not None and read_lsn > transaction.commit_lsn
-        log.info("a large transaction is read in pieces", slot=slot, written_before=written)
-        return cls(capture, slot, transaction, conn, tx, written=written)
+        written_before = read_lsn is not None and read_lsn > transaction.commit_lsn
+        log.info("a large transaction is read in pieces", slot=slot, written_before=written_before)
+        return cls(capture, slot, transaction, conn, tx, written_before=written_before)
 
     async def write(self) -> int:
         """Its changes received so far, taken from it and written (unless it was before)."""
         piece = Transaction(end_lsn=0, origin_run=self.transaction.origin_run, changes=self.transaction.changes)
         self.transaction.changes = []
-        if self.written:
+        if self.written_before:
             return 0
         return await self.capture._write(self.conn, self.slot, [piece])
 
@@ -517,7 +511,7 @@ class LargeTransaction:
         """Its commit has arrived: the rest of its changes, read_lsn moved to its end, committed."""
         try:
             written = await self.write()
-            if self.written:
+            if self.written_before:
                 await self.tx.rollback()
             else:
                 await self.conn.execute(MOVE_READ_LSN, self.slot, self.transaction.end_lsn)

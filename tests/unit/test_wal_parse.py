@@ -1,4 +1,4 @@
-"""pgoutput messages (protocol version 1) as daemon.wal_capture.parse reads them,
+"""pgoutput messages (protocol version 1) as daemon.wal_capture.Decoder reads them,
 built by hand for what a real server seldom shows a test: a table described
 again in the middle of a stream, a value left out of an update's new row, a
 truncate, a message outside any transaction, a transaction not yet ended."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from daemon.wal_capture import ORIGIN_PREFIX, Decoder, Relation, parse
+from daemon.wal_capture import ORIGIN_PREFIX, Decoder, Relation
 
 JSONB, TEXT, INT8 = 3802, 25, 20
 
@@ -54,7 +54,7 @@ COLUMNS = [("id", INT8), ("title", TEXT), ("data", JSONB)]
 
 def test_changes_come_in_whole_transactions_with_their_rows() -> None:
     relations: dict[int, Relation] = {}
-    done = parse([
+    done = Decoder(relations).feed([
         message(ORIGIN_PREFIX, "99", transactional=False),  # outside any transaction: nobody's
         begin(), relation(16384, COLUMNS),
         b"I" + struct.pack(">I", 16384) + b"N" + tuple_data("1", "Fix boiler", '{"a": [1, null]}'),
@@ -66,7 +66,7 @@ def test_changes_come_in_whole_transactions_with_their_rows() -> None:
         b"D" + struct.pack(">I", 16384) + b"O" + tuple_data("1", None, "null"),
         commit(3000),
         begin(), b"I" + struct.pack(">I", 16384) + b"N" + tuple_data("2", "not yet", None),  # no commit yet
-    ], relations)
+    ])
     assert [(t.end_lsn, t.origin_run, [c.operation for c in t.changes]) for t in done] == [
         (2000, None, ["INSERT", "UPDATE"]), (3000, 42, ["DELETE"])]
     insert, update = done[0].changes
@@ -80,14 +80,15 @@ def test_changes_come_in_whole_transactions_with_their_rows() -> None:
 
 def test_a_table_described_again_mid_stream_is_read_with_its_new_columns() -> None:
     relations: dict[int, Relation] = {}
-    parse([begin(), relation(16384, COLUMNS[:2]), commit(10)], relations)
+    Decoder(relations).feed([begin(), relation(16384, COLUMNS[:2]), commit(10)])
     # The next call (a later part of the stream) uses what it was told before...
-    [first] = parse([begin(), b"I" + struct.pack(">I", 16384) + b"N" + tuple_data("5", "a"), commit(20)],
-                    relations)
+    [first] = Decoder(relations).feed(
+        [begin(), b"I" + struct.pack(">I", 16384) + b"N" + tuple_data("5", "a"), commit(20)])
     assert first.changes[0].new == {"id": "5", "title": "a"}
     # ...until the table is described again (ALTER TABLE ... ADD COLUMN).
-    [second] = parse([begin(), relation(16384, COLUMNS),
-                      b"I" + struct.pack(">I", 16384) + b"N" + tuple_data("6", "b", "[]"), commit(30)], relations)
+    [second] = Decoder(relations).feed([begin(), relation(16384, COLUMNS),
+                                        b"I" + struct.pack(">I", 16384) + b"N" + tuple_data("6", "b", "[]"),
+                                        commit(30)])
     assert second.changes[0].new == {"id": "6", "title": "b", "data": []}
 
 
