@@ -23,6 +23,7 @@ import structlog
 
 from actors import metrics
 from actors.actions import ACTIONS, Done, Outcome, StepRun, Wait
+from actors.actions.delivery import MARK_MESSAGE
 from actors.broker import send
 from actors.db import get_pool
 from actors.http import get_session
@@ -155,14 +156,17 @@ def _run_completed(run: str, step: str, sent: str) -> str:
 # $1 the run, $2 the step that has finished (and been recorded so).
 RUN_COMPLETED = _run_completed("$1", "$2", "NULL::bigint")
 
-# A step sent, and what follows in the same statement (one round trip): the next
-# stage's steps to start, or, after the last, the run completed. $1-$4:
-# STEP_DONE's; $5 the run, $6 the step's stage. A row per step to start, or one
-# row with the run's end (or none of either). {following}, {ended}: what a step
-# alone in its stage needs, or, for a stage of several (in a transaction, after
-# LOCK_RUN), the checks that the others have finished.
+# A step sent, and what follows in the same statement (one round trip): the
+# message it delivered marked with the provider's answer, the next stage's steps
+# to start, or, after the last, the run completed. $1-$4: STEP_DONE's; $5 the run,
+# $6 the step's stage; $7-$9 the message (Delivered: its id, status and provider
+# id; NULLs for a step that sent none). A row per step to start, or one row with
+# the run's end (or none of either). {following}, {ended}: what a step alone in
+# its stage needs, or, for a stage of several (in a transaction, after LOCK_RUN),
+# the checks that the others have finished.
 _STEP_SENT = f"""
 WITH done AS ({STEP_DONE.strip()}),
+delivered AS ({MARK_MESSAGE.format(id="$7::bigint", status="$8::text", provider_id="$9::text")}),
 following AS ({{following}}),
 ended AS ({{ended}})
 SELECT f.id, f.action, e.status, e.execution_time_ms
@@ -434,7 +438,10 @@ async def _record_outcome(
         log.info("step waiting", until=outcome.until.isoformat())
         return [FollowUp(step["id"], step["action"], max(delay, 0.0))]
     assert isinstance(outcome, Done)
-    values = (step["id"], rendered, outcome.response, elapsed_ms, step["run_id"], step["stage"])
+    delivered = outcome.delivered
+    values = (step["id"], rendered, outcome.response, elapsed_ms, step["run_id"], step["stage"],
+              *((delivered.message_id, delivered.status, delivered.provider_message_id)
+                if delivered is not None else (None, None, None)))
     if step["grouped"]:
         async with conn.transaction():
             await conn.execute(LOCK_RUN, step["run_id"])

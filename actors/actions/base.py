@@ -120,10 +120,22 @@ class StepRun:
 
 
 @dataclass(frozen=True)
+class Delivered:
+    """A message the provider took: its row (``herald.messages``) is marked with the
+    provider's answer in the statement that records the step sent."""
+
+    message_id: int
+    status: str
+    provider_message_id: str | None
+
+
+@dataclass(frozen=True)
 class Done:
-    """The step did its work; ``response`` is what the provider or database said."""
+    """The step did its work; ``response`` is what the provider or database said;
+    ``delivered``: the message it handed to a provider, to mark with the answer."""
 
     response: dict[str, Any] = field(default_factory=dict)
+    delivered: Delivered | None = None
 
 
 @dataclass(frozen=True)

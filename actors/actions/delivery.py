@@ -1,7 +1,8 @@
 """Handing a message to a provider at most once per idempotency key.
 
 The message row is written (*sending*) before the provider is called and
-updated after. A second attempt at the same step finds the row: delivered
+updated after: with a failure's status here, with the provider's answer in the
+statement that records the step sent. A second attempt at the same step finds the row: delivered
 means done, *retrying* (the last attempt failed transiently) means try again
 with the same key, and *sending* or *unknown* means an earlier attempt may
 have reached the provider: sent again with the same key only when the row
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from actors.actions.base import Done, StepRun
+from actors.actions.base import Delivered, Done, StepRun
 from actors.metrics import metered
 from actors.model.rate_limits import RateLimit
 from actors.providers import OutboundMessage, ProviderResult
@@ -45,7 +46,10 @@ RETURNING id
 
 EXISTING = "SELECT id, status, provider_message_id FROM herald.messages WHERE idempotency_key = $1"
 
-SET_STATUS = "UPDATE herald.messages SET status = $2, provider_message_id = coalesce($3, provider_message_id) WHERE id = $1"
+# A message row marked with an attempt's outcome: {id}, {status}, {provider_id}.
+MARK_MESSAGE = ("UPDATE herald.messages SET status = {status},"
+                " provider_message_id = coalesce({provider_id}, provider_message_id) WHERE id = {id}")
+SET_STATUS = MARK_MESSAGE.format(id="$1", status="$2", provider_id="$3")
 
 DELIVERED = ("sent", "captured")
 
@@ -109,9 +113,10 @@ async def deliver(
     except StepError as exc:
         await _set_status(run, message_id, "failed" if exc.permanent else "retrying")
         raise
-    await _set_status(run, message_id, result.status, result.provider_message_id)
+    # The row is marked with the answer by the statement that records the step sent
+    # (actors/steps.py STEP_SENT): one round trip, and the two agree.
     return Done({"status": result.status, "provider_message_id": result.provider_message_id,
-                 **result.response})
+                 **result.response}, Delivered(message_id, result.status, result.provider_message_id))
 
 
 def preview(message: OutboundMessage) -> Done:
