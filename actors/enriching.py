@@ -20,7 +20,7 @@ another tenant's data.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +77,9 @@ async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str,
 async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps: dict[str, list[int]],
                           unreadable: dict[tuple[str, str, str], str]) -> None:
     """Store the claimed runs' contexts and steps (in the caller's transaction)."""
-    contexts = await build_contexts(conn, runs, unreadable, guarded=False)
+    # The claim brought each run's watch (store.CLAIM_RUNS).
+    watched = {run["table_name"]: run for run in runs if run["watched_table"] is not None}
+    contexts = await build_contexts(conn, runs, unreadable, guarded=False, watched=watched)
     columns: list[list[Any]] = [[] for _ in range(10)]
     refusals: dict[int, str] = {}
     for run in runs:
@@ -133,16 +135,19 @@ def _target(relation: dict[str, Any]) -> tuple[str, str, str]:
 
 async def build_contexts(conn: asyncpg.Connection, runs: list[Any],
                          unreadable: dict[tuple[str, str, str], str] | None = None, *,
-                         guarded: bool = True) -> dict[int, Context]:
+                         guarded: bool = True, watched: Mapping[str, Any] | None = None) -> dict[int, Context]:
     """Each run's context, loading every relation with one query per related table.
 
     ``unreadable``: related tables found unreadable (by target), left out; one
     found so now is added to it. ``guarded``: each table is read in a savepoint,
     so that the caller's transaction goes on after one that cannot be; unguarded,
     such a table raises :class:`_Unreadable` (the transaction is aborted).
+    ``watched``: the runs' event tables' watches (store.WATCHED_RELATIONS' rows,
+    by table) when the caller has read them; else they are read here.
     """
-    tables = sorted({run["table_name"] for run in runs})
-    watched = {row["table_name"]: row for row in await conn.fetch(store.WATCHED_RELATIONS, tables)}
+    if watched is None:
+        tables = sorted({run["table_name"] for run in runs})
+        watched = {row["table_name"]: row for row in await conn.fetch(store.WATCHED_RELATIONS, tables)}
     # Whose each related table's rows are, per (related table, event table's tenant column).
     owners = {(table, row["tenant_column"]): column
               for row in watched.values() for table, column in (row["owners"] or {}).items()}

@@ -111,35 +111,13 @@ WHERE id = $1 AND status = 'running'
 
 # -- enrich --------------------------------------------------------------------
 
-# The definition of the version the run recorded when it was created (runs from
-# before versions: the workflow's current one).
-#
-# A claim by ids tests the status with CASE, not `status = 'pending'`: that
-# would let the planner take the partial index of unfinished runs, which it
-# believes small, though until the next vacuum it keeps an entry for every run
-# that has passed through it (thousands at 50 events/s), each visited on every
-# claim; CASE leaves it the primary key. The same in actors/steps.py CLAIM_STEPS
-# and daemon/outbox.py STILL_DISPATCHED.
-CLAIM_RUNS = """
-UPDATE herald.runs r
-SET status = 'running', started_at = clock_timestamp(), updated_at = clock_timestamp()
-FROM herald.events e, herald.workflows w
-WHERE r.id = ANY($1::bigint[]) AND CASE r.status WHEN 'pending' THEN true ELSE false END
-  AND e.id = r.event_id AND w.id = r.workflow_id
-RETURNING r.id, r.tenant_id, r.workflow_id, r.event_id, r.workflow_version,
-          coalesce((SELECT v.definition FROM herald.workflow_versions v
-                    WHERE v.workflow_id = r.workflow_id AND v.version = r.workflow_version),
-                   w.definition) AS definition,
-          e.entity, e.table_name, e.row_id, e.operation, e.type, e.old, e.new, e.tenant_id AS event_tenant
-"""
-
 # The watched tables of these runs' events, their relations, and for each related
 # table the column that says which tenant its rows belong to (``owners``: related
 # table -> column, or null when it has none): the table's own tenant column when
 # Herald watches it, else a column named like the event table's tenant column.
 # Related tables are named as `herald watch` stores them (schema.table), quoted
 # here as config.database.quote_qualified quotes them, for to_regclass.
-WATCHED_RELATIONS = """
+_WATCHED_RELATIONS = """
 SELECT w.table_name, w.relations, w.tenant_column,
        (SELECT jsonb_object_agg(r.t, coalesce(
                    (SELECT o.tenant_column FROM herald.watched_tables o WHERE o.table_name = r.t),
@@ -152,7 +130,39 @@ SELECT w.table_name, w.relations, w.tenant_column,
                                      ELSE '' END, '"', '""') || '"' AS q
               FROM (SELECT rel ->> 'table' AS t FROM jsonb_each(w.relations) AS e(name, rel)) AS related) AS r
        ) AS owners
-FROM herald.watched_tables w WHERE w.table_name = ANY($1::text[])
+FROM herald.watched_tables w WHERE w.table_name {tables}
+"""
+WATCHED_RELATIONS = _WATCHED_RELATIONS.format(tables="= ANY($1::text[])")
+
+# The definition of the version the run recorded when it was created (runs from
+# before versions: the workflow's current one).
+#
+# A claim by ids tests the status with CASE, not `status = 'pending'`: that
+# would let the planner take the partial index of unfinished runs, which it
+# believes small, though until the next vacuum it keeps an entry for every run
+# that has passed through it (thousands at 50 events/s), each visited on every
+# claim; CASE leaves it the primary key. The same in actors/steps.py CLAIM_STEPS
+# and daemon/outbox.py STILL_DISPATCHED.
+#
+# The claim returns, with each run, its event table's watch (WATCHED_RELATIONS:
+# watched_table is null when Herald no longer watches it), saving enrichment a
+# round trip.
+CLAIM_RUNS = f"""
+WITH claimed AS (
+    UPDATE herald.runs r
+    SET status = 'running', started_at = clock_timestamp(), updated_at = clock_timestamp()
+    FROM herald.events e, herald.workflows w
+    WHERE r.id = ANY($1::bigint[]) AND CASE r.status WHEN 'pending' THEN true ELSE false END
+      AND e.id = r.event_id AND w.id = r.workflow_id
+    RETURNING r.id, r.tenant_id, r.workflow_id, r.event_id, r.workflow_version,
+              coalesce((SELECT v.definition FROM herald.workflow_versions v
+                        WHERE v.workflow_id = r.workflow_id AND v.version = r.workflow_version),
+                       w.definition) AS definition,
+              e.entity, e.table_name, e.row_id, e.operation, e.type, e.old, e.new, e.tenant_id AS event_tenant
+),
+watched AS ({_WATCHED_RELATIONS.format(tables="IN (SELECT table_name FROM claimed)").strip()})
+SELECT c.*, w.table_name AS watched_table, w.relations, w.tenant_column, w.owners
+FROM claimed c LEFT JOIN watched w ON w.table_name = c.table_name
 """
 
 # The runs' contexts ($11, $12) and their steps ($1-$10), in one statement.
