@@ -47,19 +47,26 @@ _PARSER = jinja2.Environment()
 
 class _Unreadable(Exception):
     """A related table could not be read inside the enriching transaction, which
-    PostgreSQL has aborted: enrich again without it."""
+    PostgreSQL has aborted: enrich again without it (``found``), or, when the query
+    of several tables failed, reading them one by one to find which."""
+
+    def __init__(self, *, found: bool) -> None:
+        super().__init__()
+        self.found = found
 
 
 async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str, list[int]]:
     """Claim the pending runs among ``run_ids``, store their contexts and steps, in one
     transaction; return the first steps to start, by action.
 
-    Related rows are read in that transaction without a savepoint each (two
-    round trips per related table, on every event): a table that cannot be read
-    (changed under Herald) aborts it, and the runs are enriched again from the
-    start with that table left out, so that the runs needing it fail saying why.
+    Related rows are read in that transaction, every related table in one query
+    and without a savepoint (two round trips fewer per table, on every event): a
+    table that cannot be read (changed under Herald) aborts it, and the runs are
+    enriched again from the start, the tables read one by one to find which, then
+    with that table left out, so that the runs needing it fail saying why.
     """
-    unreadable: dict[tuple[str, str, str], str] = {}
+    unreadable: dict[_Target, str] = {}
+    one_by_one = False
     while True:
         first_steps: dict[str, list[int]] = defaultdict(list)
         try:
@@ -68,18 +75,19 @@ async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str,
                 if not runs:
                     return first_steps
                 with log_context.bound(**log_context.rows_ids("run", runs, event_key="event_id")):
-                    await _enrich_claimed(conn, runs, first_steps, unreadable)
+                    await _enrich_claimed(conn, runs, first_steps, unreadable, one_by_one)
             return first_steps
-        except _Unreadable:
-            continue  # each pass leaves out one more table: it ends
+        except _Unreadable as exc:
+            # Each pass leaves out one more table, or goes one by one: it ends.
+            one_by_one = one_by_one or not exc.found
 
 
 async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps: dict[str, list[int]],
-                          unreadable: dict[tuple[str, str, str], str]) -> None:
+                          unreadable: dict[_Target, str], one_by_one: bool) -> None:
     """Store the claimed runs' contexts and steps (in the caller's transaction)."""
     # The claim brought each run's watch (store.CLAIM_RUNS).
     watched = {run["table_name"]: run for run in runs if run["watched_table"] is not None}
-    contexts = await build_contexts(conn, runs, unreadable, guarded=False, watched=watched)
+    contexts = await build_contexts(conn, runs, unreadable, guarded=False, watched=watched, one_by_one=one_by_one)
     columns: list[list[Any]] = [[] for _ in range(10)]
     refusals: dict[int, str] = {}
     for run in runs:
@@ -129,17 +137,23 @@ class Context:
     refused: dict[str, str] = field(default_factory=dict)
 
 
-def _target(relation: dict[str, Any]) -> tuple[str, str, str]:
+# A related table as read: (table, key column, key type).
+_Target = tuple[str, str, str]
+
+
+def _target(relation: dict[str, Any]) -> _Target:
     return relation["table"], relation.get("key", "id"), relation.get("key_type", "text")
 
 
 async def build_contexts(conn: asyncpg.Connection, runs: list[Any],
-                         unreadable: dict[tuple[str, str, str], str] | None = None, *,
-                         guarded: bool = True, watched: Mapping[str, Any] | None = None) -> dict[int, Context]:
-    """Each run's context, loading every relation with one query per related table.
+                         unreadable: dict[_Target, str] | None = None, *,
+                         guarded: bool = True, watched: Mapping[str, Any] | None = None,
+                         one_by_one: bool = False) -> dict[int, Context]:
+    """Each run's context, loading every relation in one query (``one_by_one``: a
+    query per related table).
 
     ``unreadable``: related tables found unreadable (by target), left out; one
-    found so now is added to it. ``guarded``: each table is read in a savepoint,
+    found so now is added to it. ``guarded``: the tables are read in a savepoint,
     so that the caller's transaction goes on after one that cannot be; unguarded,
     such a table raises :class:`_Unreadable` (the transaction is aborted).
     ``watched``: the runs' event tables' watches (store.WATCHED_RELATIONS' rows,
@@ -161,7 +175,7 @@ async def build_contexts(conn: asyncpg.Connection, runs: list[Any],
         return row["tenant_column"] if row is not None else None
 
     contexts: dict[int, Context] = {}
-    wanted: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    wanted: dict[_Target, set[str]] = defaultdict(set)
     for run in runs:
         event = dict(run)
         event["id"] = run["event_id"]
@@ -173,25 +187,11 @@ async def build_contexts(conn: asyncpg.Connection, runs: list[Any],
             if value is not None:
                 wanted[_target(relation)].add(str(value))
 
-    loaded: dict[tuple[tuple[str, str, str], str | None], dict[str, tuple[dict[str, Any], str | None]]] = {}
     unreadable = {} if unreadable is None else unreadable
-    for target, keys in wanted.items():
-        if target in unreadable:
-            continue
-        for column in sorted({owner for (table, _), owner in owners.items() if table == target[0]},
-                             key=lambda c: c or ""):
-            try:
-                async with conn.transaction() if guarded else nullcontext():
-                    loaded[(target, column)] = await store.load_related(
-                        conn, {"table": target[0], "key": target[1], "key_type": target[2]}, sorted(keys), column)
-            except _SCHEMA_CHANGED as exc:
-                # The related table changed under Herald (a column renamed or dropped,
-                # a right revoked): the runs that need it fail and say so.
-                unreadable[target] = f"{target[0]} cannot be read by {target[1]}: {exc}"
-                log.error("related table unreadable", table=target[0], key=target[1], error=str(exc))
-                if not guarded:
-                    raise _Unreadable() from exc
-                break
+    reads = [(target, column) for target in wanted if target not in unreadable
+             for column in sorted({owner for (table, _), owner in owners.items() if table == target[0]},
+                                  key=lambda c: c or "")]
+    loaded = await _load_related(conn, reads, wanted, unreadable, guarded=guarded, one_by_one=one_by_one)
     for run in runs:
         built = contexts[run["id"]]
         context = built.context
@@ -225,6 +225,42 @@ async def build_contexts(conn: asyncpg.Connection, runs: list[Any],
                 continue
             context[name] = related
     return contexts
+
+
+_Loaded = dict[tuple[_Target, str | None], dict[str, tuple[dict[str, Any], str | None]]]
+
+
+async def _load_related(conn: asyncpg.Connection, reads: list[tuple[_Target, str | None]],
+                        wanted: Mapping[_Target, set[str]], unreadable: dict[_Target, str], *,
+                        guarded: bool, one_by_one: bool) -> _Loaded:
+    """The rows ``wanted`` of each (related table, its owner column) in ``reads``: all
+    in one query, or one query each. When the query of several fails on a table
+    that cannot be read, guarded, each is read again alone to find which;
+    unguarded, :class:`_Unreadable` asks for a pass one by one."""
+    loaded: _Loaded = {}
+    for part in [reads] if len(reads) > 1 and not one_by_one else [[read] for read in reads]:
+        if part[0][0] in unreadable:
+            continue  # found so under another owner column
+        try:
+            async with conn.transaction() if guarded else nullcontext():
+                rows = await store.load_related(conn, [
+                    store.RelatedRead(*target, sorted(wanted[target]), column) for target, column in part])
+        except _SCHEMA_CHANGED as exc:
+            if len(part) > 1:
+                if not guarded:
+                    raise _Unreadable(found=False) from exc
+                loaded.update(await _load_related(conn, part, wanted, unreadable, guarded=True, one_by_one=True))
+                continue
+            # The related table changed under Herald (a column renamed or dropped,
+            # a right revoked): the runs that need it fail and say so.
+            target = part[0][0]
+            unreadable[target] = f"{target[0]} cannot be read by {target[1]}: {exc}"
+            log.error("related table unreadable", table=target[0], key=target[1], error=str(exc))
+            if not guarded:
+                raise _Unreadable(found=True) from exc
+            continue
+        loaded.update(zip(part, rows))
+    return loaded
 
 
 def _shown(value: Any) -> str:

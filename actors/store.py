@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -189,24 +190,38 @@ WHERE id = $1 AND status = 'running'
 """
 
 
-async def load_related(
-    conn: asyncpg.Connection, relation: dict[str, Any], keys: Sequence[str],
-    tenant_column: str | None = None,
-) -> dict[str, tuple[dict[str, Any], str | None]]:
-    """Rows of a related table by key, in one query: {key as text: (row, its tenant)}.
+@dataclass(frozen=True)
+class RelatedRead:
+    """Rows of one related table by key, each with its tenant: the text of its
+    ``tenant_column`` ('default' when NULL, as the capture trigger reads an
+    event's), None when the table has none."""
 
-    The tenant is read like the capture trigger reads an event's (the column as
-    text, 'default' when NULL); None when ``tenant_column`` is None.
-    """
-    table = quote_qualified(relation["table"])
-    key = quote_ident(relation.get("key", "id"))
-    key_type = relation.get("key_type", "text")  # read from the catalog by `herald watch`
-    if not _TYPE_NAME.fullmatch(key_type):
-        raise HeraldDatabaseError(f"relation {relation['table']}: unexpected key type {key_type!r}")
-    rows = await conn.fetch(
-        f"SELECT {key}::text AS key, to_jsonb(t) AS row,"
-        f" CASE WHEN $2::text IS NOT NULL THEN coalesce(to_jsonb(t) ->> $2::text, 'default') END AS tenant"
-        f" FROM {table} t WHERE {key} = ANY($1::text[]::{key_type}[])",
-        list(keys), tenant_column,
-    )
-    return {row["key"]: (row["row"], row["tenant"]) for row in rows}
+    table: str
+    key: str
+    key_type: str  # read from the catalog by `herald watch`
+    keys: Sequence[str]
+    tenant_column: str | None
+
+
+async def load_related(
+    conn: asyncpg.Connection, reads: Sequence[RelatedRead],
+) -> list[dict[str, tuple[dict[str, Any], str | None]]]:
+    """The rows of every read in one query (one round trip however many related
+    tables): for each read, {key as text: (row, its tenant)}."""
+    branches: list[str] = []
+    params: list[Any] = []
+    for part, read in enumerate(reads):
+        if not _TYPE_NAME.fullmatch(read.key_type):
+            raise HeraldDatabaseError(f"relation {read.table}: unexpected key type {read.key_type!r}")
+        params += [list(read.keys), read.tenant_column]
+        keys, tenant = f"${len(params) - 1}", f"${len(params)}::text"
+        key = quote_ident(read.key)
+        branches.append(
+            f"(SELECT {part} AS part, {key}::text AS key, to_jsonb(t) AS row,"
+            f" CASE WHEN {tenant} IS NOT NULL THEN coalesce(to_jsonb(t) ->> {tenant}, 'default') END AS tenant"
+            f" FROM {quote_qualified(read.table)} t WHERE {key} = ANY({keys}::text[]::{read.key_type}[]))")
+    found: list[dict[str, tuple[dict[str, Any], str | None]]] = [{} for _ in reads]
+    if reads:
+        for row in await conn.fetch(" UNION ALL ".join(branches), *params):
+            found[row["part"]][row["key"]] = (row["row"], row["tenant"])
+    return found

@@ -453,6 +453,19 @@ async def test_the_dry_run_loads_relations_as_enrich_does(demo: asyncpg.Connecti
     assert await counts(demo) == before
 
 
+async def test_the_dry_run_names_a_related_table_it_cannot_read_and_loads_the_others(
+        demo: asyncpg.Connection) -> None:
+    """The relations are read in one query; one table changed under Herald fails only
+    the steps that need it, and the others' rows are still in the context."""
+    await demo.execute("ALTER TABLE organizations RENAME COLUMN id TO org_no")
+    result = await dry_run(demo, parse_workflow(demo_workflow()), "1", "jobs", "1",
+                           [Change.parse("status=in_progress:completed")])
+    assert result.context["client"]["email"] == "maria.lopez@example.com"
+    assert result.context["organization"] is None
+    assert result.refused["organization"].startswith("public.organizations cannot be read by id:")
+    assert not demo.is_in_transaction()
+
+
 RECORDS_WORKFLOW = {"name": "Follow up", "trigger_type": "job_completed", "steps": [
     {"id": "task", "type": "action", "config": {"actionType": "create_task", "title": "Call {{client.firstName}}",
                                                   "jobId": "{{job.id}}"}},
