@@ -240,21 +240,22 @@ async def _origin_workflows(conn: asyncpg.Connection, events: list[Any]) -> dict
 
 
 async def _cancel_waiting_runs(conn: asyncpg.Connection, events: list[Any]) -> int:
-    """Cancel delayed runs on the same records whose cancel_on triggers these events fire."""
-    keys = list(zip(*[(e["tenant_id"], e["entity"], e["row_id"] or "") for e in events]))
-    waiting = await conn.fetch(store.WAITING_ON_RECORDS, *keys)
+    """Cancel delayed runs on the same records whose cancel_on triggers these events
+    fire (each event's ``waiting``, read by its claim), each by the first that does."""
+    firing: dict[int, tuple[dict[str, Any], list[Any]]] = {}
+    for event in events:
+        for step in event["waiting"] or ():
+            firing.setdefault(step["id"], (step, []))[1].append(event)
     cancelled = 0
-    for step in waiting:
-        for event in events:
-            if (event["tenant_id"], event["entity"], event["row_id"]) != (
-                step["tenant_id"], step["entity"], step["row_id"]
-            ) or event["id"] <= step["event_id"]:
+    for step, candidates in firing.values():
+        for event in candidates:
+            if event["id"] <= step["event_id"]:
                 continue
             fired = next((name for name in step["config"].get("cancel_on", [])
                           if parse_trigger(name).explain(dict(event)) is None), None)
             if fired is not None:
-                await conn.execute(store.CANCEL_RUN, step["run_id"],
-                                   f"cancelled by event {event['id']} ({fired})")
-                cancelled += 1
+                done = await conn.execute(store.CANCEL_RUN, step["run_id"],
+                                          f"cancelled by event {event['id']} ({fired})")
+                cancelled += done == "UPDATE 1"  # not when an earlier event of this message cancelled it
                 break
     return cancelled

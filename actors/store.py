@@ -17,6 +17,24 @@ _TYPE_NAME = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9, ]+\))?")
 
 # -- match ---------------------------------------------------------------------
 
+# Delayed steps waiting on the claimed events' (tenant, entity, row) records that
+# an event could cancel: those with a cancel_on, read from their own partial
+# index (steps_cancellable, migration 023) for these tenants only, so that the
+# cost follows what waits to be cancelled, not the tenants' history of runs.
+WAITING_ON_RECORDS = """
+WITH cancellable AS MATERIALIZED (
+    SELECT id, run_id, config FROM herald.steps
+    -- an array, not IN (SELECT ...): the index is searched by tenant, not read whole
+    WHERE status = 'waiting' AND config ? 'cancel_on'
+      AND tenant_id = ANY(ARRAY(SELECT DISTINCT tenant_id FROM claimed))
+)
+SELECT s.id, s.run_id, s.config, r.tenant_id, r.event_id, e.entity, e.row_id
+FROM cancellable s
+JOIN herald.runs r ON r.id = s.run_id AND r.status = 'running'
+JOIN herald.events e ON e.id = r.event_id
+WHERE (r.tenant_id, e.entity, e.row_id) IN (SELECT tenant_id, entity, row_id FROM claimed)
+"""
+
 # SKIP LOCKED: a duplicate message running at the same moment leaves the
 # events to the worker that holds them; if that worker dies, its transaction
 # rolls back and the sweeper sends them again.
@@ -28,13 +46,26 @@ _TYPE_NAME = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9, ]+\))?")
 # on, once per transaction however many events it claimed (PostgreSQL folds
 # identical ones), and none when it claimed nothing.
 MATCHED_PAYLOAD = "matched"
+
+# Each claimed event comes with the cancellable waits on its record (``waiting``,
+# a list, or null): the claim is matching's only read.
 CLAIM_EVENTS = f"""
-SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id,
-       origin_run_id, pg_notify('herald_events', '{MATCHED_PAYLOAD}:' || ($1::bigint[])[1])::text AS notified
-FROM herald.events
-WHERE id = ANY($1::bigint[]) AND state IN ('pending', 'dispatched')
-ORDER BY id
-FOR UPDATE SKIP LOCKED
+WITH claimed AS (
+    SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id,
+           origin_run_id, pg_notify('herald_events', '{MATCHED_PAYLOAD}:' || ($1::bigint[])[1])::text AS notified
+    FROM herald.events
+    WHERE id = ANY($1::bigint[]) AND state IN ('pending', 'dispatched')
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+),
+waiting AS MATERIALIZED ({WAITING_ON_RECORDS.strip()})
+SELECT c.*,
+       (SELECT jsonb_agg(jsonb_build_object('id', w.id, 'run_id', w.run_id, 'config', w.config,
+                                            'event_id', w.event_id) ORDER BY w.id)
+        FROM waiting w
+        WHERE (w.tenant_id, w.entity, w.row_id) = (c.tenant_id, c.entity, c.row_id)) AS waiting
+FROM claimed c
+ORDER BY c.id
 """
 
 # Matching this event failed for a reason of its own: final, with the error.
@@ -82,22 +113,6 @@ FROM (SELECT k FROM unnest($1::text[]) AS k ORDER BY k) AS sorted
 
 RUN_WORKFLOWS = "SELECT id, workflow_id FROM herald.runs WHERE id = ANY($1::bigint[])"
 
-# Delayed steps waiting on any of these (tenant, entity, row) records that an
-# event could cancel: those with a cancel_on, read from their own partial index
-# (steps_cancellable, migration 023) for these tenants only, so that the cost
-# follows what waits to be cancelled, not the tenants' history of runs.
-WAITING_ON_RECORDS = """
-WITH cancellable AS MATERIALIZED (
-    SELECT id, run_id, config FROM herald.steps
-    WHERE status = 'waiting' AND config ? 'cancel_on' AND tenant_id = ANY($1::text[])
-)
-SELECT s.id, s.run_id, s.config, r.tenant_id, r.event_id, e.entity, e.row_id
-FROM cancellable s
-JOIN herald.runs r ON r.id = s.run_id AND r.status = 'running'
-JOIN herald.events e ON e.id = r.event_id
-WHERE (r.tenant_id, e.entity, e.row_id) IN (
-      SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
-"""
 
 CANCEL_RUN = """
 WITH steps AS (

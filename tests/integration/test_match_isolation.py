@@ -361,6 +361,23 @@ async def _waits(conn: asyncpg.Connection, tenant: str, count: int, *, waiting: 
         "waiting" if waiting else "sent")
 
 
+async def test_events_on_a_waiting_record_cancel_its_run_once_even_matched_one_by_one(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
+) -> None:
+    await _waits(conn, "a", 1, waiting=True, cancel_on=True)  # a run of tenant a waiting on job 1
+    await import_workflow(conn, "a", ANY_JOB_CHANGE)
+    first = await job_event(conn, "a", {"id": 1, "status": "cancelled"})
+    broken = await job_event(conn, "a", [1, 2])  # makes the batch be matched again one by one
+    second = await job_event(conn, "a", {"id": 1, "status": "cancelled"})
+    foreign = await job_event(conn, "b", {"id": 1, "status": "cancelled"})  # tenant b's job 1
+    async with pool.acquire() as worker:
+        outcome = await match_events(worker, [first, broken, second, foreign], cache)
+    assert (outcome.failed, outcome.cancelled) == ([broken], 1)
+    cancelled = await conn.fetch("SELECT r.error, s.status FROM herald.runs r JOIN herald.steps s ON s.run_id = r.id"
+                                 " WHERE r.status = 'cancelled'")
+    assert [tuple(row) for row in cancelled] == [(f"cancelled by event {first} (job_cancelled)", "cancelled")]
+
+
 async def test_looking_for_runs_to_cancel_reads_only_the_events_tenants_cancellable_waits(
     conn: asyncpg.Connection
 ) -> None:
@@ -371,9 +388,20 @@ async def test_looking_for_runs_to_cancel_reads_only_the_events_tenants_cancella
     await _waits(conn, "a", 500, waiting=True, cancel_on=False)
     await _waits(conn, "b", 3000, waiting=True, cancel_on=True)
 
-    found = await conn.fetch(store.WAITING_ON_RECORDS, ["a"], ["job"], ["7"])
-    assert [(r["tenant_id"], r["row_id"]) for r in found] == [("a", "7")]
-    assert found[0]["config"]["cancel_on"] == ["job_cancelled"]
+    events = [await conn.fetchval(
+        "INSERT INTO herald.events (tenant_id, entity, table_name, row_id, operation, type, new)"
+        " VALUES ('a', 'job', 'public.jobs', $1, 'UPDATE', 'job.cancelled', '{}') RETURNING id", row)
+        for row in ("7", "8")]
+    async with conn.transaction():
+        claimed = await conn.fetch(store.CLAIM_EVENTS, events)
+        seven, eight = claimed
+        assert [(w["config"]["cancel_on"], w["event_id"] < seven["id"]) for w in seven["waiting"]] == [
+            (["job_cancelled"], True)]
+        assert eight["waiting"] is None
+        step = seven["waiting"][0]["id"]
+        assert await conn.fetchval("SELECT r.tenant_id || ':' || e.row_id FROM herald.steps s JOIN herald.runs r"
+                                   " ON r.id = s.run_id JOIN herald.events e ON e.id = r.event_id"
+                                   " WHERE s.id = $1", step) == "a:7"
 
     # Its cost follows what could be cancelled for these tenants, whatever the
     # statistics say (here none yet, as for tables that grew since autovacuum's
@@ -381,11 +409,10 @@ async def test_looking_for_runs_to_cancel_reads_only_the_events_tenants_cancella
     # statement (asyncpg's, after a few calls). Before, it read every run of the
     # tenant once per record: 46,000 blocks here.
     await conn.execute("SET plan_cache_mode = force_generic_plan")
-    query = store.WAITING_ON_RECORDS.replace("$1::text[]", "$1").replace("$2::text[]", "$2").replace(
-        "$3::text[]", "$3")
-    await conn.execute(f"PREPARE waits(text[], text[], text[]) AS {query}")
+    query = store.CLAIM_EVENTS.replace("$1::bigint[]", "$1")
+    await conn.execute(f"PREPARE claim(bigint[]) AS {query}")
     plan = await conn.fetchval(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE waits('{a,a}', '{job,job}', '{7,8}')")
+        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE claim('{{{events[0]},{events[1]}}}')")
     plan = json.loads(plan) if isinstance(plan, str) else plan
     read = plan[0]["Plan"]["Shared Hit Blocks"] + plan[0]["Plan"]["Shared Read Blocks"]
     assert read < 100, f"{read} blocks read to find one waiting run"
