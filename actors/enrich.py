@@ -1,8 +1,8 @@
 """The enrich actor: a message of run ids, enriched by :func:`actors.enriching.enrich_runs`,
 then each run's first step carried out (:func:`actors.steps.start_steps`).
 
-The match actor enriches the runs it starts itself, right after matching
-commits, which saves each event a message, a queue wait and a worker thread;
+The match actor enriches the runs it starts itself, in matching's transaction,
+which saves each event a message, a queue wait, a worker thread and a commit;
 this actor takes the runs it could not enrich, and those the daemon's sweeper
 finds left pending.
 """

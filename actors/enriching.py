@@ -68,18 +68,29 @@ async def enrich_runs(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str,
     unreadable: dict[_Target, str] = {}
     one_by_one = False
     while True:
-        first_steps: dict[str, list[int]] = defaultdict(list)
         try:
             async with conn.transaction():
-                runs = await conn.fetch(store.CLAIM_RUNS, run_ids)
-                if not runs:
-                    return first_steps
-                with log_context.bound(**log_context.rows_ids("run", runs, event_key="event_id")):
-                    await _enrich_claimed(conn, runs, first_steps, unreadable, one_by_one)
-            return first_steps
+                return await _enrich(conn, run_ids, unreadable, one_by_one)
         except _Unreadable as exc:
             # Each pass leaves out one more table, or goes one by one: it ends.
             one_by_one = one_by_one or not exc.found
+
+
+async def enrich_in_transaction(conn: asyncpg.Connection, run_ids: list[int]) -> dict[str, list[int]]:
+    """:func:`enrich_runs` in the caller's transaction (matching's), in one pass: a
+    related table that cannot be read raises, having aborted the transaction."""
+    return await _enrich(conn, run_ids, {}, False)
+
+
+async def _enrich(conn: asyncpg.Connection, run_ids: list[int], unreadable: dict[_Target, str],
+                  one_by_one: bool) -> dict[str, list[int]]:
+    """One pass of :func:`enrich_runs`, in the caller's transaction."""
+    first_steps: dict[str, list[int]] = defaultdict(list)
+    runs = await conn.fetch(store.CLAIM_RUNS, run_ids)
+    if runs:
+        with log_context.bound(**log_context.rows_ids("run", runs, event_key="event_id")):
+            await _enrich_claimed(conn, runs, first_steps, unreadable, one_by_one)
+    return first_steps
 
 
 async def _enrich_claimed(conn: asyncpg.Connection, runs: list[Any], first_steps: dict[str, list[int]],

@@ -1,6 +1,7 @@
 """The match actor: a message of event ids, matched by :func:`actors.matching.match_events`.
-The runs it starts are enriched and their first steps carried out in the same
-message: an event needs no other message unless a step waits or is retried."""
+The runs it starts are enriched in matching's transaction (one commit for both)
+and their first steps carried out in the same message: an event needs no other
+message unless a step waits or is retried."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import structlog
 
 from actors.broker import actor, send
 from actors.db import get_pool
-from actors.enriching import enrich_runs
+from actors.enriching import enrich_in_transaction, enrich_runs
 from actors.lazy import PerProcess
 from actors.matching import match_events
 from actors.steps import message_deadline, start_steps
@@ -28,16 +29,17 @@ _cache: PerProcess[WorkflowCache] = PerProcess(lambda: _new_cache())
 async def match(event_ids: list[int]) -> None:
     deadline = message_deadline()
     pool = await get_pool()
-    first_steps = None
     async with pool.acquire() as conn:
-        outcome = await match_events(conn, event_ids, await _cache.get())
+        # The runs started are enriched in matching's transaction: one commit for both.
+        outcome = await match_events(conn, event_ids, await _cache.get(), enrich=enrich_in_transaction)
+        first_steps = outcome.first_steps
         # This message's own task: the tenant stays bound for the rest of it (enrich, first steps).
         log_context.bind(tenant_id=outcome.tenants[0] if len(outcome.tenants) == 1 else None)
         if outcome.events:
             log.info("events matched", events=outcome.events, failed=len(outcome.failed),
                      runs=len(outcome.started), skipped=outcome.skipped, cancelled=outcome.cancelled,
                      tenant_ids=outcome.tenants)
-        if outcome.started:
+        if outcome.started and first_steps is None:
             try:
                 first_steps = await enrich_runs(conn, outcome.started)
             except Exception as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,9 @@ class Outcome:
     cancelled: int = 0
     failed: list[int] = field(default_factory=list)  # events whose matching failed
     tenants: list[str] = field(default_factory=list)  # whose events were claimed
+    # The runs' first steps to start, by action, when they were enriched in matching's
+    # transaction; None when they were not (the caller enriches them).
+    first_steps: dict[str, list[int]] | None = None
 
     def add(self, other: Outcome) -> None:
         self.started += other.started
@@ -67,27 +71,45 @@ def _transient(exc: BaseException) -> bool:
     return False
 
 
+# Enriches runs just started, in the caller's transaction: their first steps by action.
+Enrich = Callable[[asyncpg.Connection, list[int]], Awaitable[dict[str, list[int]]]]
+
+
+class _EnrichFailed(Exception):
+    """Enriching the runs in matching's transaction failed: the transaction is
+    rolled back, to match the events again without enriching."""
+
+
 class _BatchFailed(Exception):
     """Matching a batch at once failed for one of its events: the transaction is
     rolled back, to match them again one by one."""
 
 
-async def match_events(conn: asyncpg.Connection, event_ids: list[int], cache: WorkflowCache) -> Outcome:
+async def match_events(conn: asyncpg.Connection, event_ids: list[int], cache: WorkflowCache, *,
+                       enrich: Enrich | None = None) -> Outcome:
     """Match the claimable events among ``event_ids`` in one transaction on ``conn``.
 
     The whole batch at once, the usual case, with no savepoint (two round trips
     on every event); should one event make that fail, the transaction is rolled
     back and the batch matched again, each event in a savepoint of its own, so
     that the one failing is marked failed and the others are matched.
+
+    ``enrich``: the runs started are enriched in the same transaction (one commit
+    for both, ``outcome.first_steps``). Should that fail (a related table changed
+    under Herald, say), the events are matched again without it, and the caller
+    enriches the runs in a transaction of their own, which knows how to fail them.
     """
     try:
-        return await _match_events(conn, event_ids, cache, one_by_one=False)
+        try:
+            return await _match_events(conn, event_ids, cache, one_by_one=False, enrich=enrich)
+        except _EnrichFailed:
+            return await _match_events(conn, event_ids, cache, one_by_one=False)
     except _BatchFailed:
         return await _match_events(conn, event_ids, cache, one_by_one=True)
 
 
 async def _match_events(conn: asyncpg.Connection, event_ids: list[int], cache: WorkflowCache, *,
-                        one_by_one: bool) -> Outcome:
+                        one_by_one: bool, enrich: Enrich | None = None) -> Outcome:
     outcome = Outcome()
     async with conn.transaction():
         events = await conn.fetch(store.CLAIM_EVENTS, event_ids)
@@ -102,7 +124,6 @@ async def _match_events(conn: asyncpg.Connection, event_ids: list[int], cache: W
             if not one_by_one:
                 try:
                     outcome.add(await _match_batch(conn, events, workflows, origins))
-                    return outcome
                 except Exception as exc:
                     if _transient(exc):
                         raise
@@ -110,6 +131,14 @@ async def _match_events(conn: asyncpg.Connection, event_ids: list[int], cache: W
                         log.warning("batch could not be matched; matching its events one by one",
                                     events=len(events), error=_error_text(exc))
                     raise _BatchFailed() from exc
+                if enrich is not None and outcome.started:
+                    try:
+                        outcome.first_steps = await enrich(conn, outcome.started)
+                    except Exception as exc:
+                        log.warning("could not enrich the runs in matching's transaction; matching again"
+                                    " without", runs=len(outcome.started), error=_error_text(exc))
+                        raise _EnrichFailed() from exc
+                return outcome
             for event in events:
                 try:
                     async with conn.transaction():  # a savepoint per event

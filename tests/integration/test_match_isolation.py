@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from actors import store
-from actors.enriching import enrich_runs
+from actors.enriching import enrich_in_transaction, enrich_runs
 from actors.matching import match_events
 from actors.model import dedupe
 from actors.model.triggers import parse_trigger
@@ -109,6 +109,22 @@ INSERT INTO patients VALUES (1, 'p1', 'ann@example.com', '+15550100001'),
 """
 
 
+async def booked(conn: asyncpg.Connection, *steps: dict[str, Any], setup: str = "") -> None:
+    """The CRM's tables (then ``setup``), appointments watched with their patient and
+    room, and practice p1's workflow "booked" of ``steps`` on each new appointment."""
+    await conn.execute(CRM + setup)
+    await watch_table(conn, "appointments", tenant_column="practice_id", relations=(
+        Relation("patient", "patients", "patient_id"), Relation("room", "rooms", "room_id")))
+    await import_workflow(conn, "p1", {"name": "booked", "trigger_type": "appointment_created",
+                                       "steps": list(steps)})
+
+
+def email(message: str, key: str = "note") -> dict[str, Any]:
+    """A step emailing the office ``message``."""
+    return {"id": key, "type": "action", "config": {
+        "actionType": "email", "recipient": "office@example.com", "subject": "Booked", "message": message}}
+
+
 async def appointment_run(
     conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache, patient: int
 ) -> int:
@@ -126,17 +142,10 @@ async def appointment_run(
 async def test_a_related_row_of_another_tenant_is_not_loaded_and_its_run_sends_nothing(
     conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
 ) -> None:
-    await conn.execute(CRM)
     # patients is not watched: its practice_id (named like the event table's tenant column) says whose.
     # rooms has no tenant column: shared, loaded for anyone.
-    await watch_table(conn, "appointments", tenant_column="practice_id", relations=(
-        Relation("patient", "patients", "patient_id"), Relation("room", "rooms", "room_id")))
-    await import_workflow(conn, "p1", {"name": "booked", "trigger_type": "appointment_created", "steps": [
-        {"id": "note", "type": "action", "config": {
-            "actionType": "email", "recipient": "office@example.com", "subject": "Booked",
-            "message": "{{room.name}} booked"}},
-        {"id": "text", "type": "action", "config": {
-            "actionType": "sms", "recipient": "{{patient.phone}}", "message": "See you in {{room.name}}"}}]})
+    await booked(conn, email("{{room.name}} booked"), {"id": "text", "type": "action", "config": {
+        "actionType": "sms", "recipient": "{{patient.phone}}", "message": "See you in {{room.name}}"}})
 
     foreign = await appointment_run(conn, pool, cache, patient=2)
     run = await conn.fetchrow("SELECT status, error, context FROM herald.runs WHERE id = $1", foreign)
@@ -161,13 +170,8 @@ async def test_a_related_row_of_another_tenant_is_not_loaded_and_its_run_sends_n
 async def test_a_related_row_that_cannot_be_found_or_read_fails_its_run_naming_it(
     conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
 ) -> None:
-    await conn.execute(CRM + "ALTER TABLE appointments DROP CONSTRAINT appointments_room_id_fkey;")
-    await watch_table(conn, "appointments", tenant_column="practice_id", relations=(
-        Relation("patient", "patients", "patient_id"), Relation("room", "rooms", "room_id")))
-    await import_workflow(conn, "p1", {"name": "booked", "trigger_type": "appointment_created", "steps": [
-        {"id": "note", "type": "action", "config": {
-            "actionType": "email", "recipient": "office@example.com", "subject": "Booked",
-            "message": "{{room.name}} booked"}}]})
+    await booked(conn, email("{{room.name}} booked"),
+                 setup="ALTER TABLE appointments DROP CONSTRAINT appointments_room_id_fkey;")
 
     async def run_error(room: int) -> str:
         await conn.execute("INSERT INTO appointments (practice_id, patient_id, room_id) VALUES ('p1', 1, $1)", room)
@@ -232,6 +236,36 @@ async def test_an_unreadable_related_table_fails_only_the_runs_that_need_it(
     pending = await conn.fetch("SELECT s.id FROM herald.steps s JOIN herald.runs r ON r.id = s.run_id"
                                " WHERE s.status = 'pending' AND r.status = 'running' ORDER BY s.id")
     assert first_steps == {"email": [p["id"] for p in pending]} and len(pending) == 2
+
+
+async def test_runs_are_enriched_in_matchings_transaction_or_after_it_when_that_fails(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
+) -> None:
+    await booked(conn, email("{{room.name}} for {{patient.email}}"))
+
+    async def matched() -> tuple[Any, list[Any]]:
+        await conn.execute("INSERT INTO appointments (practice_id, patient_id, room_id) VALUES ('p1', 1, 1)")
+        event = await conn.fetchval("SELECT max(id) FROM herald.events")
+        async with pool.acquire() as worker:
+            outcome = await match_events(worker, [event], cache, enrich=enrich_in_transaction)
+        runs = await conn.fetch("SELECT id, status, error, context FROM herald.runs r WHERE event_id = $1", event)
+        assert await conn.fetchval("SELECT state FROM herald.events WHERE id = $1", event) == "matched"
+        return outcome, runs
+
+    outcome, [run] = await matched()
+    step = await conn.fetchval("SELECT id FROM herald.steps WHERE run_id = $1", run["id"])
+    assert outcome.first_steps == {"email": [step]} and outcome.started == [run["id"]]
+    assert run["status"] == "running" and run["context"]["room"]["name"] == "Room 1"
+
+    # A related table changed under Herald aborts matching's transaction: the event is
+    # matched again on its own, and the run, committed pending, is enriched after.
+    await conn.execute("ALTER TABLE rooms RENAME COLUMN id TO room_no")
+    outcome, [run] = await matched()
+    assert outcome.first_steps is None and outcome.started == [run["id"]] and run["status"] == "pending"
+    async with pool.acquire() as worker:
+        assert await enrich_runs(worker, outcome.started) == {}
+    error = await conn.fetchval("SELECT error FROM herald.runs WHERE id = $1", run["id"])
+    assert error.startswith("step 1 (note, email): relation room not loaded: public.rooms cannot be read by id:")
 
 
 async def test_a_watched_related_tables_own_tenant_column_decides(
@@ -316,11 +350,13 @@ async def test_runs_a_match_message_starts_are_enriched_at_once_or_handed_to_the
     step = await conn.fetchval("SELECT id FROM herald.steps WHERE run_id = $1", run["id"])
     assert run["status"] == "running" and started == [{"sms": [step]}] and sent == []
 
-    # Enrichment fails (here: PostgreSQL refuses the transaction): the message still
-    # succeeds, and the run, committed pending, goes to the enrich actor and its retries.
+    # Enrichment fails, in matching's transaction and after it (here: PostgreSQL refuses
+    # the transaction): the message still succeeds, and the run, committed pending,
+    # goes to the enrich actor and its retries.
     async def refused(conn: asyncpg.Connection, run_ids: list[int]) -> None:
         raise asyncpg.exceptions.SerializationError("could not serialize access")
 
+    monkeypatch.setattr(match_actor, "enrich_in_transaction", refused)
     monkeypatch.setattr(match_actor, "enrich_runs", refused)
     second = await job_event(conn, "a", {"id": 1, "title": "Fix tap"})
     await conn.execute("UPDATE herald.events SET state = 'dispatched' WHERE id = $1", second)
