@@ -160,31 +160,35 @@ WATCHED_RELATIONS = _WATCHED_RELATIONS.format(tables="= ANY($1::text[])")
 # claim; CASE leaves it the primary key. The same in actors/steps.py CLAIM_STEPS
 # and daemon/outbox.py STILL_DISPATCHED.
 #
-# The claim returns, with each run, its event table's watch (WATCHED_RELATIONS:
-# watched_table is null when Herald no longer watches it), saving enrichment a
-# round trip.
+# The claim locks the pending runs (a concurrent claim waits, then finds them
+# running); INSERT_STEPS marks them running with their contexts, in one update
+# of each run's row. It returns, with each run, its event table's watch
+# (WATCHED_RELATIONS: watched_table is null when Herald no longer watches it),
+# saving enrichment a round trip.
 CLAIM_RUNS = f"""
 WITH claimed AS (
-    UPDATE herald.runs r
-    SET status = 'running', started_at = clock_timestamp(), updated_at = clock_timestamp()
-    FROM herald.events e, herald.workflows w
+    SELECT r.id, r.tenant_id, r.workflow_id, r.event_id, r.workflow_version,
+           coalesce((SELECT v.definition FROM herald.workflow_versions v
+                     WHERE v.workflow_id = r.workflow_id AND v.version = r.workflow_version),
+                    w.definition) AS definition,
+           e.entity, e.table_name, e.row_id, e.operation, e.type, e.old, e.new, e.tenant_id AS event_tenant
+    FROM herald.runs r
+    JOIN herald.events e ON e.id = r.event_id
+    JOIN herald.workflows w ON w.id = r.workflow_id
     WHERE r.id = ANY($1::bigint[]) AND CASE r.status WHEN 'pending' THEN true ELSE false END
-      AND e.id = r.event_id AND w.id = r.workflow_id
-    RETURNING r.id, r.tenant_id, r.workflow_id, r.event_id, r.workflow_version,
-              coalesce((SELECT v.definition FROM herald.workflow_versions v
-                        WHERE v.workflow_id = r.workflow_id AND v.version = r.workflow_version),
-                       w.definition) AS definition,
-              e.entity, e.table_name, e.row_id, e.operation, e.type, e.old, e.new, e.tenant_id AS event_tenant
+    FOR UPDATE OF r
 ),
 watched AS ({_WATCHED_RELATIONS.format(tables="IN (SELECT table_name FROM claimed)").strip()})
 SELECT c.*, w.table_name AS watched_table, w.relations, w.tenant_column, w.owners
 FROM claimed c LEFT JOIN watched w ON w.table_name = c.table_name
 """
 
-# The runs' contexts ($11, $12) and their steps ($1-$10), in one statement.
+# The claimed runs started with their contexts ($11, $12), and their steps
+# ($1-$10), in one statement.
 INSERT_STEPS = """
 WITH contexts AS (
-    UPDATE herald.runs r SET context = u.context
+    UPDATE herald.runs r
+    SET status = 'running', started_at = clock_timestamp(), updated_at = clock_timestamp(), context = u.context
     FROM unnest($11::bigint[], $12::jsonb[]) AS u(id, context) WHERE r.id = u.id
 )
 INSERT INTO herald.steps (run_id, tenant_id, position, step_key, action, config, status, error, completed_at,

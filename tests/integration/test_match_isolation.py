@@ -8,6 +8,7 @@ The match and enrich actors' work is called directly (``match_events``,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from typing import Any
@@ -24,6 +25,7 @@ from daemon import health_reads as health_queries
 from daemon.capture import Relation, watch_table
 from daemon.workflows import import_workflow
 from dashboard.queries import runs as queries
+from tests.conftest import wait_until
 
 ANY_JOB_CHANGE = {"name": "any change", "trigger_type": "job_updated", "steps": [
     {"id": "sms", "type": "action", "config": {"actionType": "sms", "message": "hi", "recipient": "+15550101001"}}]}
@@ -363,6 +365,32 @@ async def test_runs_a_match_message_starts_are_enriched_at_once_or_handed_to_the
     await match_actor.match([second])
     run = await conn.fetchrow("SELECT id, status FROM herald.runs WHERE event_id = $1", second)
     assert run["status"] == "pending" and sent == [("enrich", [run["id"]])] and len(started) == 1
+
+
+async def test_a_run_enriched_by_two_workers_at_once_gets_its_steps_once(
+    conn: asyncpg.Connection, pool: asyncpg.Pool, cache: WorkflowCache
+) -> None:
+    # A duplicate message (the sweeper's, say) enriches the run while the first is
+    # still at it: it waits for the first's claim, then finds the run started.
+    await import_workflow(conn, "a", ANY_JOB_CHANGE)
+    event = await job_event(conn, "a", {"id": 1})
+    async with pool.acquire() as first, pool.acquire() as second:
+        [run] = (await match_events(first, [event], cache)).started
+        outer = first.transaction()
+        await outer.start()  # the first's enrichment stays uncommitted until told
+        started = await enrich_runs(first, [run])
+        written = await first.fetchval("SELECT xmin::text FROM herald.runs WHERE id = $1", run)
+        late = asyncio.create_task(enrich_runs(second, [run]))
+        await wait_until(lambda: conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+            second.get_server_pid()), message="the second enrichment to wait for the first's claim")
+        await outer.commit()
+        assert await late == {}
+    steps = await conn.fetch("SELECT id FROM herald.steps WHERE run_id = $1", run)
+    assert started == {"sms": [step["id"] for step in steps]} and len(steps) == 1
+    # The run's row was written by the first alone (the second did not overwrite its context).
+    assert tuple(await conn.fetchrow("SELECT status, xmin::text FROM herald.runs WHERE id = $1", run)) == (
+        "running", written)
 
 
 async def test_with_the_window_turned_off_the_same_change_twice_runs_twice(
