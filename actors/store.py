@@ -17,22 +17,30 @@ _TYPE_NAME = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9, ]+\))?")
 
 # -- match ---------------------------------------------------------------------
 
-# Delayed steps waiting on the claimed events' (tenant, entity, row) records that
-# an event could cancel: those with a cancel_on, read from their own partial
-# index (steps_cancellable, migration 023) for these tenants only, so that the
-# cost follows what waits to be cancelled, not the tenants' history of runs.
-WAITING_ON_RECORDS = """
+# Delayed steps of the claimed events' tenants that an event could cancel: those
+# with a cancel_on, read from their own partial index (steps_cancellable,
+# migration 023) for these tenants only, each looked up with its run and event
+# by primary key (LATERAL ... LIMIT 1: never a hash join reading the tables
+# whole, which a generic plan's estimate of many waits would choose; CASE: see
+# CLAIM_RUNS), so that the cost follows what waits to be cancelled, not the
+# tenants' history of runs. CLAIM_EVENTS keeps those on the
+# events' records; filtering by the records here would let the planner start
+# from the events table instead, reading it whole for a generic plan.
+CANCELLABLE_WAITS = """
 WITH cancellable AS MATERIALIZED (
     SELECT id, run_id, config FROM herald.steps
     -- an array, not IN (SELECT ...): the index is searched by tenant, not read whole
     WHERE status = 'waiting' AND config ? 'cancel_on'
       AND tenant_id = ANY(ARRAY(SELECT DISTINCT tenant_id FROM claimed))
 )
-SELECT s.id, s.run_id, s.config, r.tenant_id, r.event_id, e.entity, e.row_id
+SELECT s.id, s.run_id, s.config, x.tenant_id, x.event_id, x.entity, x.row_id
 FROM cancellable s
-JOIN herald.runs r ON r.id = s.run_id AND r.status = 'running'
-JOIN herald.events e ON e.id = r.event_id
-WHERE (r.tenant_id, e.entity, e.row_id) IN (SELECT tenant_id, entity, row_id FROM claimed)
+CROSS JOIN LATERAL (
+    SELECT r.tenant_id, r.event_id, e.entity, e.row_id
+    FROM herald.runs r JOIN herald.events e ON e.id = r.event_id
+    WHERE r.id = s.run_id AND CASE r.status WHEN 'running' THEN true ELSE false END
+    LIMIT 1
+) AS x
 """
 
 # SKIP LOCKED: a duplicate message running at the same moment leaves the
@@ -58,13 +66,16 @@ WITH claimed AS (
     ORDER BY id
     FOR UPDATE SKIP LOCKED
 ),
-waiting AS MATERIALIZED ({WAITING_ON_RECORDS.strip()})
-SELECT c.*,
-       (SELECT jsonb_agg(jsonb_build_object('id', w.id, 'run_id', w.run_id, 'config', w.config,
-                                            'event_id', w.event_id) ORDER BY w.id)
-        FROM waiting w
-        WHERE (w.tenant_id, w.entity, w.row_id) = (c.tenant_id, c.entity, c.row_id)) AS waiting
+waiting AS MATERIALIZED ({CANCELLABLE_WAITS.strip()}),
+by_record AS (
+    SELECT tenant_id, entity, row_id,
+           jsonb_agg(jsonb_build_object('id', id, 'run_id', run_id, 'config', config, 'event_id', event_id)
+                     ORDER BY id) AS waiting
+    FROM waiting GROUP BY tenant_id, entity, row_id
+)
+SELECT c.*, w.waiting
 FROM claimed c
+LEFT JOIN by_record w ON (w.tenant_id, w.entity, w.row_id) = (c.tenant_id, c.entity, c.row_id)
 ORDER BY c.id
 """
 
