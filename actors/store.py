@@ -17,32 +17,6 @@ _TYPE_NAME = re.compile(r"[a-z][a-z0-9_ ]*(\([0-9, ]+\))?")
 
 # -- match ---------------------------------------------------------------------
 
-# Delayed steps of the claimed events' tenants that an event could cancel: those
-# with a cancel_on, read from their own partial index (steps_cancellable,
-# migration 023) for these tenants only, each looked up with its run and event
-# by primary key (LATERAL ... LIMIT 1: never a hash join reading the tables
-# whole, which a generic plan's estimate of many waits would choose; CASE: see
-# CLAIM_RUNS), so that the cost follows what waits to be cancelled, not the
-# tenants' history of runs. CLAIM_EVENTS keeps those on the
-# events' records; filtering by the records here would let the planner start
-# from the events table instead, reading it whole for a generic plan.
-CANCELLABLE_WAITS = """
-WITH cancellable AS MATERIALIZED (
-    SELECT id, run_id, config FROM herald.steps
-    -- an array, not IN (SELECT ...): the index is searched by tenant, not read whole
-    WHERE status = 'waiting' AND config ? 'cancel_on'
-      AND tenant_id = ANY(ARRAY(SELECT DISTINCT tenant_id FROM claimed))
-)
-SELECT s.id, s.run_id, s.config, x.tenant_id, x.event_id, x.entity, x.row_id
-FROM cancellable s
-CROSS JOIN LATERAL (
-    SELECT r.tenant_id, r.event_id, e.entity, e.row_id
-    FROM herald.runs r JOIN herald.events e ON e.id = r.event_id
-    WHERE r.id = s.run_id AND CASE r.status WHEN 'running' THEN true ELSE false END
-    LIMIT 1
-) AS x
-"""
-
 # SKIP LOCKED: a duplicate message running at the same moment leaves the
 # events to the worker that holds them; if that worker dies, its transaction
 # rolls back and the sweeper sends them again.
@@ -55,8 +29,17 @@ CROSS JOIN LATERAL (
 # identical ones), and none when it claimed nothing.
 MATCHED_PAYLOAD = "matched"
 
-# Each claimed event comes with the cancellable waits on its record (``waiting``,
-# a list, or null): the claim is matching's only read.
+# Each claimed event comes with the delayed steps on its record that it could
+# cancel (``waiting``, a list, or null): the claim is matching's only read.
+# Those with a cancel_on are read from their own partial index
+# (steps_cancellable, migration 023), for the claimed events' tenants only (an
+# array, not IN (SELECT ...): the index is searched by tenant, not read whole),
+# each looked up with its run and event by primary key (LATERAL ... LIMIT 1:
+# never a hash join reading the tables whole, which a generic plan's estimate
+# of many waits would choose; CASE: see CLAIM_RUNS), then kept on the claimed
+# records. So the cost follows what waits to be cancelled, not the tenants'
+# history: filtered by the records sooner, the planner would start from the
+# events table instead.
 CLAIM_EVENTS = f"""
 WITH claimed AS (
     SELECT id, tenant_id, entity, table_name, row_id, operation, type, old, new, created_at, workflow_id,
@@ -66,7 +49,21 @@ WITH claimed AS (
     ORDER BY id
     FOR UPDATE SKIP LOCKED
 ),
-waiting AS MATERIALIZED ({CANCELLABLE_WAITS.strip()}),
+cancellable AS MATERIALIZED (
+    SELECT id, run_id, config FROM herald.steps
+    WHERE status = 'waiting' AND config ? 'cancel_on'
+      AND tenant_id = ANY(ARRAY(SELECT DISTINCT tenant_id FROM claimed))
+),
+waiting AS MATERIALIZED (
+    SELECT s.id, s.run_id, s.config, x.tenant_id, x.event_id, x.entity, x.row_id
+    FROM cancellable s
+    CROSS JOIN LATERAL (
+        SELECT r.tenant_id, r.event_id, e.entity, e.row_id
+        FROM herald.runs r JOIN herald.events e ON e.id = r.event_id
+        WHERE r.id = s.run_id AND CASE r.status WHEN 'running' THEN true ELSE false END
+        LIMIT 1
+    ) AS x
+),
 by_record AS (
     SELECT tenant_id, entity, row_id,
            jsonb_agg(jsonb_build_object('id', id, 'run_id', run_id, 'config', config, 'event_id', event_id)
@@ -123,7 +120,6 @@ FROM (SELECT k FROM unnest($1::text[]) AS k ORDER BY k) AS sorted
 """
 
 RUN_WORKFLOWS = "SELECT id, workflow_id FROM herald.runs WHERE id = ANY($1::bigint[])"
-
 
 CANCEL_RUN = """
 WITH steps AS (

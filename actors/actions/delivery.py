@@ -1,12 +1,13 @@
 """Handing a message to a provider at most once per idempotency key.
 
 The message row is written (*sending*) before the provider is called and
-updated after: with a failure's status here, with the provider's answer in the
-statement that records the step sent. A second attempt at the same step finds the row: delivered
-means done, *retrying* (the last attempt failed transiently) means try again
-with the same key, and *sending* or *unknown* means an earlier attempt may
-have reached the provider: sent again with the same key only when the row
-says the provider deduplicates by it (``resend_safe``), never blindly.
+updated after: with a failure's status here, with the provider's answer in
+the statement that records the step sent. A second attempt at the same step
+finds the row: delivered means done, *retrying* (the last attempt failed
+transiently) means try again with the same key, and *sending* or *unknown*
+means an earlier attempt may have reached the provider: sent again with the
+same key only when the row says the provider deduplicates by it
+(``resend_safe``), never blindly.
 """
 
 from __future__ import annotations
